@@ -1,0 +1,52 @@
+"""The registry of run kinds.
+
+Each kind names its pydantic ``Params`` model, its pure ``run`` function and the
+queue it runs on. The web process uses ``Params`` only (validation before
+queueing); workers call ``run``. Kinds arrive issue by issue; the registry is
+the one place that lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from latent_atlas.analyses.base import Cancelled, Progress, Result, no_progress
+
+__all__ = ["AnalysisKind", "Cancelled", "KINDS", "Progress", "Result", "get_kind", "no_progress"]
+
+
+@dataclass(frozen=True)
+class AnalysisKind:
+    name: str
+    title: str
+    params: type[BaseModel]
+    run: Callable[[Any, Any, Progress], Result]
+    queue: str = "gpu"  # "gpu": needs a model; "cpu": post-processing only
+
+
+def _registry() -> dict[str, AnalysisKind]:
+    from latent_atlas.analyses import geometry
+
+    return {
+        "geometry": AnalysisKind(
+            name="geometry",
+            title="Latent-space geometry",
+            params=geometry.GeometryParams,
+            run=geometry.run_geometry,
+        ),
+    }
+
+
+KINDS: dict[str, AnalysisKind] = _registry()
+
+
+def get_kind(name: str) -> AnalysisKind:
+    """The kind called ``name``; ``KeyError`` with the known kinds otherwise."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown run kind {name!r} (known: {', '.join(sorted(KINDS))})") from None

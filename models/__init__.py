@@ -1,0 +1,23 @@
+"""SQLAlchemy models, sessions and the artifact store.
+
+Depends on ``latent_atlas.settings`` only. The database is the truth about a
+run; the broker is only transport.
+"""
+
+from models.base import Base
+from models.run import TERMINAL_STATUSES, Artifact, Run, RunStatus
+from models.session import get_engine, get_sessionmaker, session_scope
+from models.user import ApiToken, User
+
+__all__ = [
+    "ApiToken",
+    "Artifact",
+    "Base",
+    "Run",
+    "RunStatus",
+    "TERMINAL_STATUSES",
+    "User",
+    "get_engine",
+    "get_sessionmaker",
+    "session_scope",
+]
