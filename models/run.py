@@ -43,7 +43,7 @@ def new_run_id() -> str:
     return secrets.token_urlsafe(9)
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -74,6 +74,7 @@ class Run(Base):
         ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
     )
     queue: Mapped[str] = mapped_column(String(32), default="gpu")
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.queued.value, index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

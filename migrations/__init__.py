@@ -1,0 +1,1 @@
+"""Alembic migrations; ``latent-atlas db upgrade`` runs them (see ``migrations.runner``)."""

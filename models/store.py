@@ -1,0 +1,75 @@
+"""Content-addressed artifact store on the data directory (or any fsspec URL).
+
+Invariants:
+
+* An array is stored as a ``.npy`` file (never pickled) at
+  ``<root>/<sha256[:2]>/<sha256>.npy``; the name is the hash of the bytes, so
+  writing the same array twice (a retried run) writes one file, and a file is
+  complete before it is visible (written to a temporary name, then renamed).
+* ``read_array`` verifies nothing by default (hot path for the web); ``verify``
+  re-hashes the bytes and is what integrity checks use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+
+from latent_atlas.settings import get_settings
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    uri: str  # relative to the store root
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    sha256: str
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    if array.dtype == object:
+        raise TypeError("object arrays cannot be stored (no pickling)")
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+class ArtifactStore:
+    def __init__(self, root_url: str | None = None) -> None:
+        self.root_url = (root_url or get_settings().artifact_url).rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.root_url)
+
+    def _path(self, uri: str) -> str:
+        return f"{self.root}/{uri}"
+
+    def write_array(self, array: np.ndarray) -> StoredArray:
+        data = _npy_bytes(array)
+        digest = hashlib.sha256(data).hexdigest()
+        uri = f"{digest[:2]}/{digest}.npy"
+        path = self._path(uri)
+        if not self.fs.exists(path):
+            self.fs.makedirs(f"{self.root}/{digest[:2]}", exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with self.fs.open(tmp, "wb") as handle:
+                handle.write(data)
+            self.fs.mv(tmp, path)
+        return StoredArray(uri, str(array.dtype), tuple(array.shape), len(data), digest)
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.fs.open(self._path(uri), "rb") as handle:
+            return handle.read()
+
+    def read_array(self, uri: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_bytes(uri)), allow_pickle=False)
+
+    def verify(self, uri: str, sha256: str) -> bool:
+        return hashlib.sha256(self.read_bytes(uri)).hexdigest() == sha256
+
+    def exists(self, uri: str) -> bool:
+        return self.fs.exists(self._path(uri))

@@ -1,0 +1,1 @@
+"""Celery workers: the app, thin tasks, the run lifecycle and the sweeper."""

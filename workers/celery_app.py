@@ -1,0 +1,58 @@
+"""The Celery app: transport only; the database is the truth.
+
+Invariants (DESIGN.md, job lifecycle):
+
+* A message carries only a run ID; a task acknowledges late and is rejected
+  back to the queue when its worker process dies, and each worker process
+  prefetches one message, so a long job never holds other messages hostage.
+* The broker's visibility timeout exceeds the hard time limit, which exceeds
+  the soft one (the soft limit ends a run cleanly as ``failed``).
+* Importing this module never imports torch or touches CUDA: the web process
+  imports it to dispatch.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from latent_atlas.settings import get_settings
+
+EXECUTE_TASK = "atlas.execute_run"
+QUEUES = ("gpu", "cpu")
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("latent_atlas", broker=settings.broker_url, include=["workers.tasks"])
+    transport_options: dict = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker_url.startswith("sqla+"):
+        transport_options["polling_interval"] = 0.5
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.hard_time_limit,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue="gpu",
+        task_create_missing_queues=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+app = make_celery()
+
+
+def dispatch_run(run_id: str, queue: str) -> None:
+    """Send the task that executes ``run_id`` (by name: no worker code imported)."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}")
+    app.send_task(EXECUTE_TASK, args=[run_id], queue=queue)

@@ -1,0 +1,93 @@
+"""Execute one run: claim -> load model -> analysis -> store artifacts -> finish.
+
+The Celery task is a thin wrapper around ``execute_run``. Every way out of a
+claimed run ends in exactly one terminal state written by this worker, unless
+the run stopped being ours (then we write nothing and the owner decides).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
+
+from latent_atlas.analyses import Cancelled, get_kind
+from latent_atlas.lm import ModelLoadError
+from latent_atlas.settings import get_settings
+from models.store import ArtifactStore
+from workers import lifecycle, model_cache
+
+log = logging.getLogger(__name__)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return f"time limit exceeded ({get_settings().soft_time_limit} s); try fewer prompts or tokens"
+    if isinstance(exc, ModelLoadError):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        return f"invalid parameters: {exc}"
+    if _is_out_of_memory(exc):
+        return f"out of memory on the device even at the smallest batch: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def execute_run(run_id: str, worker: str) -> str:
+    """Run ``run_id`` if this worker can claim it; returns the outcome word."""
+    settings = get_settings()
+    claim = lifecycle.claim(run_id, worker)
+    if claim is None:
+        log.info("run %s not claimable here (already owned, finished or cancelled)", run_id)
+        return "skipped"
+    attempt = claim.attempt
+    timings: dict[str, float] = {}
+    with lifecycle.Heartbeat(run_id, attempt, settings.heartbeat_every) as beat:
+
+        def progress(fraction: float, stage: str) -> None:
+            if beat.lost.is_set():
+                raise lifecycle.LostOwnership(run_id)
+            lifecycle.report_progress(run_id, attempt, fraction, stage)
+
+        try:
+            kind = get_kind(claim.kind)
+            params = kind.params.model_validate(claim.params)
+            progress(0.0, "loading model")
+            started = time.perf_counter()
+            lm = model_cache.get_model(params.model)
+            timings["load_model_s"] = round(time.perf_counter() - started, 4)
+            lifecycle.set_device(run_id, attempt, str(lm.device))
+
+            started = time.perf_counter()
+            result = kind.run(params, lm, progress)
+            timings["analysis_s"] = round(time.perf_counter() - started, 4)
+
+            progress(1.0, "storing results")
+            started = time.perf_counter()
+            store = ArtifactStore()
+            stored = {name: store.write_array(array) for name, array in result.arrays.items()}
+            timings["store_s"] = round(time.perf_counter() - started, 4)
+            environment: dict[str, Any] = {**lm.environment(), "worker": worker, "attempt": attempt}
+            if "seed" in claim.params:
+                environment["seed"] = claim.params["seed"]
+            if lifecycle.finish(run_id, attempt, stored, result.summary, timings, environment):
+                return "succeeded"
+            return "lost"
+        except lifecycle.LostOwnership:
+            log.warning("run %s attempt %s lost ownership; stopping without writing", run_id, attempt)
+            return "lost"
+        except Cancelled:
+            lifecycle.mark_cancelled(run_id, attempt)
+            return "cancelled"
+        except Exception as exc:  # every failure ends the run, never the worker
+            log.exception("run %s failed", run_id)
+            lifecycle.fail(run_id, attempt, _error_message(exc), traceback.format_exc(), timings)
+            return "failed"

@@ -1,0 +1,51 @@
+"""A per-process cache of loaded models, keyed by (catalogue name, dtype, device).
+
+Invariants: lives in the worker *child* process only (CUDA is first touched
+there, never in the parent before it forks); holds at most ``capacity`` models
+so a shared GPU is not filled by stale ones; a failed load is not cached.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections import OrderedDict
+
+from latent_atlas.lm import LanguageModel, load_model, resolve_device
+from latent_atlas.settings import get_settings
+
+_lock = threading.Lock()
+_cache: OrderedDict[tuple[str, str, str], LanguageModel] = OrderedDict()
+
+
+def get_model(name: str, capacity: int = 1) -> LanguageModel:
+    settings = get_settings()
+    entry = settings.model_source(name)
+    device = resolve_device(settings.device)
+    key = (name, entry.dtype, str(device))
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        while len(_cache) >= capacity:
+            _cache.popitem(last=False)
+            gc.collect()
+            if device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+        lm = load_model(
+            entry.source,
+            gguf_file=entry.gguf_file,
+            revision=entry.revision,
+            dtype=entry.dtype,
+            device=device,
+            name=name,
+        )
+        _cache[key] = lm
+        return lm
+
+
+def clear() -> None:
+    with _lock:
+        _cache.clear()

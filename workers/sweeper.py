@@ -1,0 +1,105 @@
+"""The sweeper: every accepted run ends in exactly one terminal state.
+
+* A running run whose heartbeat is older than ``stale_after`` lost its worker:
+  if cancel was requested it becomes ``cancelled``; after ``max_attempts`` it
+  becomes ``failed``; otherwise it is re-dispatched and the next claim takes it
+  over with attempt + 1 (the claim accepts a stale running run).
+* A queued run never dispatched (broker was down) or dispatched longer than
+  ``redispatch_after`` ago is dispatched again. Duplicate messages are harmless:
+  the claim lets exactly one through.
+Every change is a conditional UPDATE, so several sweepers may run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+
+from latent_atlas.settings import get_settings
+from models import Run, RunStatus, session_scope
+from models.base import utcnow
+from workers.dispatch import dispatch
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class SweepReport:
+    redispatched: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+def _finalise_stale(run_id: str, attempts: int, stale_before: datetime, **values) -> bool:
+    with session_scope() as session:
+        result = session.execute(
+            update(Run)
+            .where(
+                Run.id == run_id,
+                Run.status == RunStatus.running.value,
+                Run.attempts == attempts,
+                Run.heartbeat_at < stale_before,
+            )
+            .values(finished_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+def sweep(now: datetime | None = None) -> SweepReport:
+    settings = get_settings()
+    now = now or utcnow()
+    stale_before = now - timedelta(seconds=settings.stale_after)
+    redispatch_before = now - timedelta(seconds=settings.redispatch_after)
+    report = SweepReport()
+    with session_scope() as session:
+        stale = session.execute(
+            select(Run.id, Run.attempts, Run.cancel_requested, Run.queue, Run.dispatched_at).where(
+                Run.status == RunStatus.running.value, Run.heartbeat_at < stale_before
+            )
+        ).all()
+        undelivered = session.execute(
+            select(Run.id, Run.queue).where(
+                Run.status == RunStatus.queued.value,
+                or_(Run.dispatched_at.is_(None), Run.dispatched_at < redispatch_before),
+            )
+        ).all()
+    for row in stale:
+        if row.cancel_requested:
+            if _finalise_stale(row.id, row.attempts, stale_before,
+                               status=RunStatus.cancelled.value, stage="cancelled"):
+                report.cancelled.append(row.id)
+        elif row.attempts >= settings.max_attempts:
+            message = f"the worker was lost {row.attempts} times while running this job; giving up"
+            if _finalise_stale(row.id, row.attempts, stale_before,
+                               status=RunStatus.failed.value, stage="failed", error=message):
+                report.failed.append(row.id)
+        elif row.dispatched_at is None or row.dispatched_at < stale_before:
+            # Re-dispatch at most once per stale period; the next claim takes it over.
+            if dispatch(row.id, row.queue):
+                report.redispatched.append(row.id)
+    for row in undelivered:
+        if dispatch(row.id, row.queue):
+            report.redispatched.append(row.id)
+    if report.redispatched or report.failed or report.cancelled:
+        log.info("sweep: %s", report)
+    return report
+
+class SweeperThread(threading.Thread):
+    """Runs ``sweep`` every ``sweep_every`` seconds in a worker's main process."""
+
+    def __init__(self) -> None:
+        super().__init__(name="atlas-sweeper", daemon=True)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        every = get_settings().sweep_every
+        while not self._stop_event.wait(every):
+            try:
+                sweep()
+            except Exception:
+                log.exception("sweep failed; trying again in %s s", every)
+
+    def stop(self) -> None:
+        self._stop_event.set()
