@@ -1,0 +1,1 @@
+"""The Dash + Flask web app: pages, auth and the JSON API. Never loads a model."""

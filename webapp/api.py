@@ -1,0 +1,125 @@
+"""The JSON API (``/api``): submit, list, show, cancel and export runs.
+
+Errors are JSON ``{"error": ..., "messages": [...]}`` with a 4xx status; a
+malformed body is a 400, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+from flask import Blueprint, Response, jsonify, request
+
+from webapp import runs_service
+from webapp.auth import request_user
+from webapp.runs_service import NotAllowed, RunFilter, RunNotFound, SubmissionError
+
+api = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _error(status: int, error: str, messages: list[str] | None = None):
+    return jsonify(error=error, messages=messages or [error]), status
+
+
+@api.errorhandler(RunNotFound)
+def _not_found(exc: RunNotFound):
+    return _error(404, f"no run with ID {exc.args[0]!r}")
+
+
+@api.errorhandler(NotAllowed)
+def _forbidden(exc: NotAllowed):
+    return _error(403, str(exc))
+
+
+@api.errorhandler(SubmissionError)
+def _invalid(exc: SubmissionError):
+    return _error(400, "invalid submission", exc.messages)
+
+
+@api.post("/runs")
+def submit():
+    body = request.get_json(silent=True)
+    if body is None:
+        return _error(400, "malformed JSON: the body must be a JSON object "
+                      '{"kind": ..., "params": {...}}')
+    if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
+        return _error(400, 'the body must be a JSON object with a string "kind" and an object "params"')
+    run = runs_service.submit_run(
+        request_user().id,
+        body["kind"],
+        body.get("params"),
+        title=body.get("title"),
+        tags=body.get("tags"),
+        parent_id=body.get("parent_id"),
+    )
+    return jsonify(runs_service.run_detail(run)), 201
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SubmissionError([f"{name}: must be an integer"]) from None
+    if not low <= value <= high:
+        raise SubmissionError([f"{name}: must be between {low} and {high}"])
+    return value
+
+
+@api.get("/runs")
+def list_runs():
+    flt = RunFilter(
+        kind=request.args.get("kind") or None,
+        model=request.args.get("model") or None,
+        owner=request.args.get("owner") or None,
+        status=request.args.get("status") or None,
+        text=request.args.get("q") or None,
+        limit=_int_arg("limit", 200, 1, 1000),
+        offset=_int_arg("offset", 0, 0, 10**9),
+    )
+    return jsonify(runs=runs_service.list_runs(flt))
+
+
+@api.get("/runs/<run_id>")
+def show(run_id: str):
+    run = runs_service.get_run(run_id)
+    detail = runs_service.run_detail(run)
+    detail["traceback"] = runs_service.traceback_for(request_user(), run)
+    return jsonify(detail)
+
+
+@api.post("/runs/<run_id>/cancel")
+def cancel(run_id: str):
+    run = runs_service.cancel_run(request_user(), run_id)
+    return jsonify(runs_service.run_detail(run))
+
+
+def export_bundle(run) -> bytes:
+    """A zip with ``<id>.json`` (the run record) and ``<id>.npz`` (its arrays)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{run.id}.json", runs_service.export_json(run))
+        archive.writestr(f"{run.id}.npz", runs_service.export_npz(run))
+    return buffer.getvalue()
+
+
+@api.get("/runs/<run_id>/export")
+def export(run_id: str):
+    run = runs_service.get_run(run_id)
+    fmt = request.args.get("format", "zip")
+    if fmt == "json":
+        data, mime, ext = runs_service.export_json(run), "application/json", "json"
+    elif fmt == "npz":
+        data, mime, ext = runs_service.export_npz(run), "application/octet-stream", "npz"
+    elif fmt == "zip":
+        data, mime, ext = export_bundle(run), "application/zip", "zip"
+    else:
+        return _error(400, "format must be one of json, npz, zip")
+    return Response(
+        data,
+        mimetype=mime,
+        headers={"Content-Disposition": f'attachment; filename="latent-atlas-{run.id}.{ext}"'},
+    )

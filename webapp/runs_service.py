@@ -1,0 +1,370 @@
+"""Run operations shared by the JSON API, the Dash pages and the CLI.
+
+Invariants:
+
+* Every parameter is validated (pydantic, with the portal's limits, catalogue
+  and a token counter) before a row is written; a rejected submission writes
+  nothing and raises ``SubmissionError`` with human-readable messages.
+* The row is committed before the task is sent (``workers.dispatch``), so an
+  accepted run is never lost even if the broker is down.
+* Only the owner or an admin may cancel; anyone logged in may view.
+* The web process never loads a model: it loads tokenizers only (cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import selectinload
+
+from latent_atlas.analyses import get_kind
+from latent_atlas.settings import get_settings
+from models import Run, RunStatus, User, session_scope
+from models.base import utcnow
+from models.store import ArtifactStore
+
+
+class SubmissionError(ValueError):
+    """A submission was rejected; ``messages`` say why, one line each."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+class NotAllowed(PermissionError):
+    pass
+
+
+_tokenizer_lock = threading.Lock()
+_tokenizers: dict[str, Any] = {}
+
+
+def _token_counter(model_name: str):
+    """A callable counting tokens per prompt with the model's own tokenizer."""
+    from latent_atlas.lm import load_tokenizer
+
+    settings = get_settings()
+    with _tokenizer_lock:
+        tokenizer = _tokenizers.get(model_name)
+        if tokenizer is None:
+            entry = settings.model_source(model_name)
+            try:
+                tokenizer = load_tokenizer(
+                    entry.source,
+                    gguf_file=entry.gguf_file,
+                    revision=entry.revision,
+                    cache_dir=settings.data_dir / "tokenizers",
+                )
+            except Exception as exc:
+                raise SubmissionError(
+                    [f"could not load the tokenizer of model {model_name!r} to check prompt lengths: {exc}"]
+                ) from exc
+            _tokenizers[model_name] = tokenizer
+
+    def count(prompts: list[str]) -> list[int]:
+        encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    return count
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    messages = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        text = error.get("msg", "invalid value")
+        if text.startswith("Value error, "):
+            text = text[len("Value error, "):]
+        messages.append(f"{where}: {text}" if where else text)
+    return messages
+
+
+def validate_params(kind_name: str, raw: Any) -> Any:
+    """Validated params for ``kind_name``; raises ``SubmissionError``."""
+    settings = get_settings()
+    try:
+        kind = get_kind(kind_name)
+    except KeyError as exc:
+        raise SubmissionError([str(exc.args[0])]) from None
+    if not isinstance(raw, dict):
+        raise SubmissionError(["params must be a JSON object"])
+    context: dict[str, Any] = {"limits": settings.limits, "models": set(settings.models)}
+    model_name = raw.get("model")
+    if isinstance(model_name, str) and model_name in settings.models:
+        context["count_tokens"] = _token_counter(model_name)
+    try:
+        return kind.params.model_validate(raw, context=context)
+    except ValidationError as exc:
+        raise SubmissionError(_format_validation_error(exc)) from None
+
+
+def params_hash(kind: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _clean_title(title: str | None) -> str:
+    title = (title or "").strip()
+    limit = get_settings().limits.max_title_chars
+    if len(title) > limit:
+        raise SubmissionError([f"title: at most {limit} characters"])
+    return title
+
+
+def _clean_tags(tags: Any) -> list[str]:
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise SubmissionError(["tags: must be a list of strings"])
+    cleaned = [t.strip() for t in tags if t.strip()]
+    if len(cleaned) > 20 or any(len(t) > 50 for t in cleaned):
+        raise SubmissionError(["tags: at most 20 tags of at most 50 characters"])
+    return cleaned
+
+
+def submit_run(
+    user_id: int,
+    kind_name: str,
+    raw_params: Any,
+    *,
+    title: str | None = None,
+    tags: Any = None,
+    parent_id: str | None = None,
+) -> Run:
+    """Validate, insert a queued run and dispatch it. Returns the run."""
+    from workers.dispatch import dispatch
+
+    settings = get_settings()
+    params = validate_params(kind_name, raw_params)
+    clean_title = _clean_title(title)
+    clean_tags = _clean_tags(tags)
+    kind = get_kind(kind_name)
+    dumped = params.model_dump(mode="json")
+    with session_scope() as session:
+        in_flight = session.scalar(
+            select(func.count())
+            .select_from(Run)
+            .where(
+                Run.owner_id == user_id,
+                Run.status.in_([RunStatus.queued.value, RunStatus.running.value]),
+            )
+        )
+        limit = settings.limits.max_concurrent_runs_per_user
+        if in_flight >= limit:
+            raise SubmissionError(
+                [f"you already have {in_flight} runs queued or running (the limit is {limit}); "
+                 "wait for one to finish or cancel one"]
+            )
+        if parent_id is not None and session.get(Run, parent_id) is None:
+            raise SubmissionError([f"parent run {parent_id!r} does not exist"])
+        run = Run(
+            kind=kind_name,
+            model=str(dumped.get("model", "")),
+            params=dumped,
+            params_hash=params_hash(kind_name, dumped),
+            owner_id=user_id,
+            title=clean_title,
+            tags=clean_tags,
+            parent_id=parent_id,
+            queue=kind.queue,
+            status=RunStatus.queued.value,
+            stage="queued",
+        )
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    dispatch(run_id, kind.queue)
+    return get_run(run_id)
+
+
+def get_run(run_id: str) -> Run:
+    with session_scope() as session:
+        run = session.scalar(
+            select(Run).options(selectinload(Run.artifacts)).where(Run.id == run_id)
+        )
+        if run is None:
+            raise RunNotFound(run_id)
+        session.expunge(run)
+        return run
+
+
+def _may_change(user: User, run: Run) -> bool:
+    return user.is_admin or run.owner_id == user.id
+
+
+def cancel_run(user: User, run_id: str) -> Run:
+    """Cancel a queued run at once, or ask a running one to stop between batches."""
+    from workers.dispatch import revoke
+
+    run = get_run(run_id)
+    if not _may_change(user, run):
+        raise NotAllowed("only the run's owner or an admin may cancel it")
+    if run.is_terminal:
+        return run
+    with session_scope() as session:
+        result = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.queued.value)
+            .values(status=RunStatus.cancelled.value, stage="cancelled", finished_at=utcnow(),
+                    cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 0:
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.running.value)
+                .values(cancel_requested=True, stage="cancelling")
+                .execution_options(synchronize_session=False)
+            )
+    if result.rowcount == 1:
+        revoke(run.task_id)
+    return get_run(run_id)
+
+
+def rename_run(user: User, run_id: str, title: str) -> Run:
+    run = get_run(run_id)
+    if not _may_change(user, run):
+        raise NotAllowed("only the run's owner or an admin may rename it")
+    clean = _clean_title(title)
+    with session_scope() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(title=clean))
+    return get_run(run_id)
+
+
+def queue_position(run: Run) -> int | None:
+    """1-based position among queued runs of the same queue (None if not queued)."""
+    if run.status != RunStatus.queued.value:
+        return None
+    with session_scope() as session:
+        ahead = session.scalar(
+            select(func.count())
+            .select_from(Run)
+            .where(
+                Run.status == RunStatus.queued.value,
+                Run.queue == run.queue,
+                Run.created_at < run.created_at,
+            )
+        )
+    return int(ahead) + 1
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    kind: str | None = None
+    model: str | None = None
+    owner: str | None = None
+    status: str | None = None
+    text: str | None = None
+    limit: int = 200
+    offset: int = 0
+
+
+def list_runs(flt: RunFilter = RunFilter()) -> list[dict[str, Any]]:
+    """Rows for the runs table / API, newest first (bounded by ``limit`` <= 1000)."""
+    limit = max(1, min(int(flt.limit), 1000))
+    query = select(Run).join(Run.owner).order_by(Run.created_at.desc()).limit(limit).offset(
+        max(0, int(flt.offset))
+    )
+    if flt.kind:
+        query = query.where(Run.kind == flt.kind)
+    if flt.model:
+        query = query.where(Run.model == flt.model)
+    if flt.status:
+        query = query.where(Run.status == flt.status)
+    if flt.owner:
+        query = query.where(User.username == flt.owner)
+    if flt.text:
+        pattern = f"%{flt.text.strip()}%"
+        query = query.where(Run.title.ilike(pattern) | Run.id.ilike(pattern))
+    with session_scope() as session:
+        return [run_summary(run) for run in session.scalars(query)]
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """The short JSON form of a run (table rows, API lists)."""
+    duration = run.duration_s
+    return {
+        "id": run.id,
+        "kind": run.kind,
+        "model": run.model,
+        "owner": run.owner.username if run.owner else None,
+        "status": run.status,
+        "progress": run.progress,
+        "stage": run.stage,
+        "title": run.title,
+        "created_at": _iso(run.created_at),
+        "duration_s": round(duration, 3) if duration is not None else None,
+    }
+
+
+def run_detail(run: Run) -> dict[str, Any]:
+    """The full JSON form of a run (API detail, export summary)."""
+    return {
+        **run_summary(run),
+        "params": run.params,
+        "params_hash": run.params_hash,
+        "tags": run.tags,
+        "parent_id": run.parent_id,
+        "queue": run.queue,
+        "error": run.error,
+        "attempts": run.attempts,
+        "cancel_requested": run.cancel_requested,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "heartbeat_at": _iso(run.heartbeat_at),
+        "worker": run.worker,
+        "device": run.device,
+        "timings": run.timings,
+        "environment": run.environment,
+        "summary": run.summary,
+        "queue_position": queue_position(run),
+        "artifacts": [
+            {"name": a.name, "dtype": a.dtype, "shape": a.shape, "bytes": a.nbytes, "sha256": a.sha256}
+            for a in run.artifacts
+        ],
+    }
+
+
+def traceback_for(user: User, run: Run) -> str | None:
+    """The failure traceback, shown to the owner and admins only."""
+    return run.traceback if _may_change(user, run) else None
+
+
+def load_arrays(run: Run, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    store = ArtifactStore()
+    wanted = [a for a in run.artifacts if names is None or a.name in names]
+    return {a.name: store.read_array(a.uri) for a in wanted}
+
+
+def export_npz(run: Run) -> bytes:
+    """All arrays of a run in one compressed NPZ (no pickling)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **load_arrays(run))
+    return buffer.getvalue()
+
+
+def export_json(run: Run) -> bytes:
+    return json.dumps(run_detail(run), indent=2, sort_keys=True).encode()
+
+
+def verify_artifacts(run: Run) -> dict[str, bool]:
+    store = ArtifactStore()
+    return {a.name: store.verify(a.uri, a.sha256) for a in run.artifacts}
+
