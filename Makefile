@@ -1,0 +1,46 @@
+# Latent Atlas. `make up` runs the portal on the embedded default; `make test` runs every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, so the project's `torch>=...` is already satisfied and pip fetches no CUDA build.
+# Override for a GPU machine, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124".
+TORCH_SPEC ?= torch==2.13.0
+export ATLAS_DATA_DIR ?= $(CURDIR)/.atlas
+
+.PHONY: install up test test-fast bench lint system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+up: install
+	$(VENV)/bin/latent-atlas up
+
+# Browser tests need Debian's chromium + chromium-driver (installed here when missing and root).
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium chromium-driver; \
+	  else echo "install chromium and chromium-driver (apt-get install chromium chromium-driver)"; exit 1; fi; \
+	fi
+
+test: install system-deps
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -m "not integration and not e2e and not demo_model"
+
+bench: install
+	$(PY) bench/hooks.py
+	$(PY) bench/web_latency.py
+	$(PY) bench/submit_to_view.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache tests/artifacts
