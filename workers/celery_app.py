@@ -24,9 +24,12 @@ QUEUES = ("gpu", "cpu")
 def make_celery() -> Celery:
     settings = get_settings()
     app = Celery("latent_atlas", broker=settings.broker_url, include=["workers.tasks"])
-    transport_options: dict = {"visibility_timeout": settings.visibility_timeout}
     if settings.broker_url.startswith("sqla+"):
-        transport_options["polling_interval"] = 0.5
+        # kombu hands the SQL transport's options to create_engine(); it polls
+        # every second and has no visibility timeout (the sweeper covers that).
+        transport_options: dict = {"connect_args": {"timeout": 30}}
+    else:
+        transport_options = {"visibility_timeout": settings.visibility_timeout}
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,

@@ -1,0 +1,210 @@
+"""A live portal for integration tests and benchmarks: real processes, real services.
+
+``Portal`` starts the web app (gunicorn) and Celery workers as subprocesses of
+the ``latent-atlas`` CLI, with their own data directory, database and broker:
+
+* ``sqlite`` backend: the embedded default (SQLite database + SQLite broker);
+* ``postgres`` backend: a fresh PostgreSQL database on 127.0.0.1:5432 and a
+  Redis database on 127.0.0.1:6379, both removed/flushed afterwards.
+
+Each process logs to ``<data_dir>/logs``; ``Portal.logs()`` returns their tails
+for assertion messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Backend:
+    name: str
+    database_url: str
+    broker_url: str
+    cleanups: list = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        for fn in reversed(self.cleanups):
+            fn()
+
+
+def make_backend(name: str, data_dir: Path) -> Backend:
+    if name == "sqlite":
+        return Backend(
+            "sqlite",
+            f"sqlite:///{data_dir / 'atlas.sqlite'}",
+            f"sqla+sqlite:///{data_dir / 'broker.sqlite'}",
+        )
+    if name != "postgres":
+        raise ValueError(name)
+    import psycopg
+    import redis
+
+    db_name = f"atlas_it_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    redis_db = 1 + int(uuid.uuid4().int % 14)
+    client = redis.Redis(host=REDIS_HOST, port=6379, db=redis_db)
+    client.flushdb()
+    backend = Backend(
+        "postgres",
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}",
+        f"redis://{REDIS_HOST}:6379/{redis_db}",
+    )
+
+    def drop() -> None:
+        client.flushdb()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+    backend.cleanups.append(drop)
+    return backend
+
+
+class Portal:
+    def __init__(
+        self,
+        data_dir: Path,
+        backend: Backend,
+        models: dict[str, dict[str, Any]],
+        default_model: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.backend = backend
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = data_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "ATLAS_DATA_DIR": str(data_dir),
+            "ATLAS_DATABASE_URL": backend.database_url,
+            "ATLAS_BROKER_URL": backend.broker_url,
+            "ATLAS_MODELS": json.dumps(models),
+            "ATLAS_DEFAULT_MODEL": default_model,
+            "ATLAS_PORT": str(self.port),
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.web: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self._log_index = 0
+
+    # -- processes ------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "latent_atlas.cli", *args],
+            env=self.env, capture_output=True, text=True, check=check, timeout=300,
+        )
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        self._log_index += 1
+        log = open(self.log_dir / f"{self._log_index:02d}-{name}.log", "w")  # noqa: SIM115
+        return subprocess.Popen(
+            [sys.executable, "-m", "latent_atlas.cli", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def start(self, workers: int = 1) -> Portal:
+        self.cli("db", "upgrade")
+        self.web = self._spawn("web", "web", "--port", str(self.port), "--workers", "2")
+        for _ in range(workers):
+            self.start_worker()
+        self.wait_healthy()
+        return self
+
+    def start_worker(self, queues: str = "gpu,cpu") -> subprocess.Popen:
+        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:4]}@%h"
+        worker = self._spawn("worker", "worker", "--queues", queues, "--name", name,
+                             "--loglevel", "INFO")
+        self.workers.append(worker)
+        return worker
+
+    def kill(self, process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a Celery worker and its pool children)."""
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        process.wait(timeout=60)
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.web is not None and self.web.poll() is not None:
+                raise RuntimeError("web process exited:\n" + self.logs())
+            try:
+                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("web app not healthy:\n" + self.logs())
+
+    def stop(self) -> None:
+        for process in [*self.workers, *([self.web] if self.web else [])]:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(timeout=20)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+    def logs(self, chars: int = 4000) -> str:
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(parts)
+
+    # -- users and API ----------------------------------------------------------
+    def create_user(self, username: str, password: str = "correct-horse-1", admin: bool = False) -> str:
+        """Create a user and return an API token for it."""
+        args = ["users", "create", username, "--password", password]
+        self.cli(*args, *(["--admin"] if admin else []))
+        return self.cli("users", "token", username).stdout.strip().splitlines()[-1]
+
+    def api(self, method: str, path: str, token: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def submit(self, token: str, params: dict[str, Any], kind: str = "geometry") -> dict[str, Any]:
+        response = self.api("POST", "/api/runs", token, json={"kind": kind, "params": params})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def wait_for(self, run_id: str, token: str, statuses: set[str], timeout: float = 180,
+                 predicate=None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        run: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            run = self.api("GET", f"/api/runs/{run_id}", token).json()
+            if run.get("status") in statuses and (predicate is None or predicate(run)):
+                return run
+            time.sleep(0.25)
+        raise TimeoutError(f"run {run_id} stuck at {run.get('status')} "
+                           f"({run.get('stage')}):\n{self.logs()}")

@@ -1,0 +1,193 @@
+"""The whole path on real services: API -> broker -> Celery worker -> database.
+
+Runs once on the embedded default (SQLite database + SQLite broker) and once
+on PostgreSQL + Redis. Every run here goes through a real worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import signal
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+
+from harness import Portal, make_backend
+
+pytestmark = pytest.mark.integration
+
+GEOMETRY_ARRAYS = {
+    "coords", "layer", "component", "position", "prompt_index", "token_id", "norm",
+    "explained_variance_ratio", "layer_norm_mean",
+}
+PROMPTS = ["The cat sat on the mat.", "Dogs bark at night", "A short one"]
+# A run long enough to be caught while running: many single-prompt batches.
+SLOW_PROMPTS = [f"prompt number {i} about latent spaces" for i in range(1500)]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def portal(request, tmp_path_factory, tiny_gpt2_dir):
+    data_dir = tmp_path_factory.mktemp(f"portal-{request.param}")
+    backend = make_backend(request.param, data_dir)
+    models = {
+        "tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"},
+        "broken": {"source": str(data_dir / "no-such-model"), "description": "does not exist"},
+    }
+    extra = {
+        "ATLAS_HEARTBEAT_EVERY": "0.5",
+        "ATLAS_STALE_AFTER": "4",
+        "ATLAS_SWEEP_EVERY": "1",
+        "ATLAS_LIMITS__MAX_PROMPTS": "2000",
+        "ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "50",
+    }
+    live = Portal(data_dir, backend, models, "tiny-gpt2", extra)
+    try:
+        live.start()
+        live.alice = live.create_user("alice")
+        live.bob = live.create_user("bob")
+        yield live
+    finally:
+        live.stop()
+        backend.cleanup()
+
+
+def _params(prompts=PROMPTS, **over):
+    return {"model": "tiny-gpt2", "prompts": prompts, "max_tokens": 16, **over}
+
+
+def _engine(portal: Portal):
+    return create_engine(portal.backend.database_url)
+
+
+def test_submit_to_success_with_verified_artifacts(portal):
+    run = portal.submit(portal.alice, _params())
+    assert run["status"] == "queued" and len(run["id"]) >= 12
+    done = portal.wait_for(run["id"], portal.alice, {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["attempts"] == 1 and done["progress"] == 1.0
+    assert {a["name"] for a in done["artifacts"]} == GEOMETRY_ARRAYS
+    for key in ("torch", "transformers", "dtype", "device", "revision"):
+        assert key in done["environment"], key
+    assert done["timings"]["analysis_s"] > 0
+
+    # Every artifact's bytes on disk hash to the recorded sha256.
+    engine = _engine(portal)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, uri, sha256, nbytes FROM artifacts WHERE run_id = :r"),
+                            {"r": run["id"]}).all()
+    assert len(rows) == len(GEOMETRY_ARRAYS)
+    for name, uri, sha, nbytes in rows:
+        data = (portal.data_dir / "artifacts" / uri).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha, name
+        assert len(data) == nbytes
+
+    # Export: a zip with the JSON record and the NPZ arrays.
+    response = portal.api("GET", f"/api/runs/{run['id']}/export", portal.bob)
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert sorted(archive.namelist()) == sorted([f"{run['id']}.json", f"{run['id']}.npz"])
+    arrays = np.load(io.BytesIO(archive.read(f"{run['id']}.npz")), allow_pickle=False)
+    assert set(arrays.files) == GEOMETRY_ARRAYS
+    n_tokens = sum(done["summary"]["n_tokens"])
+    assert arrays["coords"].shape == (n_tokens * done["summary"]["n_layers"] * 4, 3)
+
+    listed = portal.api("GET", "/api/runs?kind=geometry&owner=alice", portal.bob).json()["runs"]
+    assert run["id"] in {r["id"] for r in listed}
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"kind": "geometry", "params": {"model": "gpt-7", "prompts": ["hi"]}}, "catalogue"),
+        ({"kind": "geometry", "params": {"model": "tiny-gpt2", "prompts": []}}, "prompts"),
+        ({"kind": "geometry", "params": {"model": "tiny-gpt2", "prompts": ["  "]}}, "empty"),
+        ({"kind": "geometry", "params": {"model": "tiny-gpt2", "prompts": ["x"] * 2001}}, "prompts"),
+        ({"kind": "geometry", "params": {"model": "tiny-gpt2", "max_tokens": 4,
+                                         "prompts": ["this prompt is much longer than four tokens"]}},
+         "limit"),
+        ({"kind": "geometry", "params": {"model": "tiny-gpt2", "prompts": ["a"], "dims": 7}}, "dims"),
+        ({"kind": "telepathy", "params": {}}, "unknown run kind"),
+        ({"kind": "geometry", "params": "not an object"}, "object"),
+    ],
+)
+def test_bad_submissions_are_rejected_and_nothing_is_queued(portal, body, expected):
+    with _engine(portal).connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM runs")).scalar_one()
+    response = portal.api("POST", "/api/runs", portal.alice, json=body)
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert any(expected in message for message in payload["messages"]), payload
+    with _engine(portal).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == before
+
+
+def test_malformed_json_unknown_run_and_auth(portal):
+    bad = portal.api("POST", "/api/runs", portal.alice, data="{not json",
+                     headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]
+    missing = portal.api("GET", "/api/runs/doesnotexist", portal.alice)
+    assert missing.status_code == 404 and "doesnotexist" in missing.json()["error"]
+    assert portal.api("GET", "/api/runs", "la_wrong-token").status_code == 401
+    import requests
+
+    assert requests.get(portal.url + "/api/runs", timeout=10).status_code == 401
+    page = requests.get(portal.url + "/runs", timeout=10, allow_redirects=False)
+    assert page.status_code == 302 and "/login" in page.headers["Location"]
+
+
+def test_model_that_fails_to_load_fails_and_worker_keeps_serving(portal):
+    run = portal.submit(portal.alice, _params(model="broken"))
+    failed = portal.wait_for(run["id"], portal.alice, {"succeeded", "failed"})
+    assert failed["status"] == "failed"
+    assert "broken" in failed["error"] or "no-such-model" in failed["error"]
+    assert failed["traceback"]  # the owner sees it
+    assert portal.api("GET", f"/api/runs/{run['id']}", portal.bob).json()["traceback"] is None
+    ok = portal.submit(portal.alice, _params())
+    assert portal.wait_for(ok["id"], portal.alice, {"succeeded", "failed"})["status"] == "succeeded"
+
+
+def test_cancel_queued_and_running(portal):
+    slow = portal.submit(portal.alice, _params(prompts=SLOW_PROMPTS, batch_size=1, max_tokens=8))
+    portal.wait_for(slow["id"], portal.alice, {"running"}, predicate=lambda r: r["progress"] > 0)
+    queued = portal.submit(portal.alice, _params())
+    assert portal.api("GET", f"/api/runs/{queued['id']}", portal.alice).json()["queue_position"] >= 1
+
+    refused = portal.api("POST", f"/api/runs/{queued['id']}/cancel", portal.bob)
+    assert refused.status_code == 403
+
+    cancelled = portal.api("POST", f"/api/runs/{queued['id']}/cancel", portal.alice).json()
+    assert cancelled["status"] == "cancelled"
+
+    portal.api("POST", f"/api/runs/{slow['id']}/cancel", portal.alice)
+    stopped = portal.wait_for(slow["id"], portal.alice, {"cancelled", "succeeded", "failed"}, 60)
+    assert stopped["status"] == "cancelled"
+    assert stopped["artifacts"] == []
+    # The worker is free again and the cancelled queued run never ran.
+    after = portal.submit(portal.alice, _params())
+    assert portal.wait_for(after["id"], portal.alice, {"succeeded", "failed"})["status"] == "succeeded"
+    assert portal.api("GET", f"/api/runs/{queued['id']}", portal.alice).json()["attempts"] == 0
+
+
+def test_worker_killed_mid_run_ends_in_exactly_one_terminal_state(portal):
+    run = portal.submit(portal.alice, _params(prompts=SLOW_PROMPTS[:600], batch_size=1, max_tokens=8))
+    portal.wait_for(run["id"], portal.alice, {"running"}, predicate=lambda r: r["progress"] > 0.05)
+    victim = portal.workers[-1]
+    portal.kill(victim, signal.SIGKILL)
+    assert victim.poll() is not None
+    portal.start_worker()
+    done = portal.wait_for(run["id"], portal.alice, {"succeeded", "failed", "cancelled"}, 240)
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["attempts"] == 2
+    with _engine(portal).connect() as conn:
+        names = conn.execute(text("SELECT name FROM artifacts WHERE run_id = :r"),
+                             {"r": run["id"]}).scalars().all()
+    assert sorted(names) == sorted(GEOMETRY_ARRAYS)  # each artifact recorded exactly once
+    time.sleep(3)  # a late duplicate message must not run it again
+    again = portal.api("GET", f"/api/runs/{run['id']}", portal.alice).json()
+    assert again["status"] == "succeeded" and again["attempts"] == 2
+
+
