@@ -1,0 +1,330 @@
+"""Loading a causal language model and its tokenizer.
+
+A source is a Hugging Face hub id, a local directory (``save_pretrained``
+output), or a directory (or hub repo) holding a GGUF file named by
+``gguf_file``. Invariants of a returned ``LanguageModel``:
+
+* the model is in ``eval()`` mode with ``requires_grad`` off, on ``device``,
+  in ``dtype`` (float32, bfloat16 or float16; GGUF weights are de-quantised);
+* the tokenizer has a pad token (the eos token when it had none) and pads on
+  the right, so real tokens always sit at positions ``0 .. n-1``;
+* ``adapter`` has been validated against the model's modules;
+* ``revision`` identifies the weights when we can know it: the hub commit sha,
+  the sha256 of the GGUF file, or a sha256 over a local directory's weight
+  files (names and contents); ``None`` otherwise.
+
+Any failure becomes ``ModelLoadError("could not load model '<name>': <reason>")``
+(``UnsupportedArchitecture`` for a model whose family has no adapter).
+
+Tokenizer cache: converting a GGUF tokenizer takes seconds, so ``load_tokenizer``
+with a ``cache_dir`` keeps a ``save_pretrained`` copy under
+``cache_dir/<gguf stem>-<sha256 of the GGUF file, 32 hex>`` (written to a
+temporary directory, then renamed into place). The key is the file's content
+hash, so a replaced file never reuses a stale tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from latent_atlas.lm.adapters import ArchitectureAdapter, adapter_for
+from latent_atlas.lm.device import resolve_device
+from latent_atlas.lm.errors import ModelLoadError, UnsupportedArchitecture
+
+__all__ = [
+    "DTYPES",
+    "LanguageModel",
+    "ModelLoadError",
+    "UnsupportedArchitecture",
+    "load_model",
+    "load_tokenizer",
+    "parse_dtype",
+    "sha256_file",
+]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class LanguageModel:
+    """A loaded causal LM with its tokenizer and architecture adapter."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: ArchitectureAdapter
+    name: str
+    source: str
+    gguf_file: str | None
+    revision: str | None
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.adapter.blocks_of(self.model))
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the unembedding (the width of the logits)."""
+        return int(self.adapter.unembedding_of(self.model).weight.shape[0])
+
+    def environment(self) -> dict[str, Any]:
+        """JSON-safe description of the model and the software that runs it."""
+        return {
+            "model": self.name,
+            "source": self.source,
+            "gguf_file": self.gguf_file,
+            "revision": self.revision,
+            "dtype": dtype_name(self.dtype),
+            "device": str(self.device),
+            "architecture": type(self.model).__name__,
+            "family": self.adapter.family,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "vocab_size": self.vocab_size,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+        }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """One of ``DTYPES``; ``ValueError`` naming the choices otherwise."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(
+            f"dtype {name!r} is not supported (choose {', '.join(DTYPES)})"
+        ) from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's contents, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_dir(source: str) -> Path | None:
+    """The local directory ``source`` names, ``None`` for a hub id.
+
+    A source that looks like a path (absolute, ``./``, ``../``, ``~``) but is
+    not a directory is an error, so a typo never turns into a hub request.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{source} is a file, not a model directory")
+    if source.startswith(("/", ".", "~")) or not _HUB_ID.match(source):
+        raise ValueError(f"local directory {source} does not exist")
+    return None
+
+
+def _resolve_hub_commit(source: str, revision: str | None) -> str | None:
+    """The commit sha a hub revision points to (best effort, ``None`` if unknown)."""
+    if revision is not None and _COMMIT.match(revision):
+        return revision
+    try:
+        from transformers.utils.hub import resolve_revision
+
+        resolved = resolve_revision(source, revision)
+    except Exception:  # noqa: BLE001 - best effort; the load itself reports real errors
+        return None
+    commit = getattr(resolved, "resolved", None)
+    return commit if isinstance(commit, str) and _COMMIT.match(commit) else None
+
+
+def _dir_weights_sha256(path: Path) -> str | None:
+    """sha256 over (relative name, sha256 of contents) of every weight file, sorted."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def _gguf_path(local: Path, gguf_file: str) -> Path:
+    path = local / gguf_file
+    if not path.is_file():
+        raise ValueError(f"GGUF file {gguf_file} not found in {local}")
+    return path
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad token nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _cached_gguf_tokenizer(
+    local: Path, gguf_file: str, cache_dir: Path, sha256: str | None = None
+) -> PreTrainedTokenizerBase:
+    gguf_path = _gguf_path(local, gguf_file)
+    key = sha256 or sha256_file(gguf_path)
+    target = cache_dir / f"{gguf_path.stem}-{key[:32]}"
+    if (target / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(target))
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(str(local), gguf_file=gguf_file))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
+    try:
+        tokenizer.save_pretrained(str(staging))
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process won the race; its copy is as good as ours
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
+
+
+def _load_tokenizer(
+    source: str,
+    local: Path | None,
+    gguf_file: str | None,
+    revision: str | None,
+    cache_dir: Path | None,
+    gguf_sha256: str | None = None,
+) -> PreTrainedTokenizerBase:
+    if gguf_file is not None and local is not None and cache_dir is not None:
+        tokenizer = _cached_gguf_tokenizer(local, gguf_file, Path(cache_dir), gguf_sha256)
+    else:
+        kwargs: dict[str, Any] = {}
+        if gguf_file is not None:
+            if local is not None:
+                _gguf_path(local, gguf_file)
+            kwargs["gguf_file"] = gguf_file
+        if revision is not None and local is None:
+            kwargs["revision"] = revision
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    return _prepare_tokenizer(tokenizer)
+
+
+def load_tokenizer(
+    source: str,
+    *,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    cache_dir: Path | None = None,
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``source`` (pad token set, right padding).
+
+    With ``cache_dir`` and a local GGUF file, a converted copy is kept (see the
+    module docstring) so that the second load takes well under a second.
+    Raises ``ModelLoadError`` with the reason.
+    """
+    try:
+        local = _local_dir(source)
+        return _load_tokenizer(source, local, gguf_file, revision, cache_dir)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {source!r}: {_reason(exc)}") from exc
+
+
+def load_model(
+    source: str,
+    *,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+    tokenizer_cache_dir: Path | None = None,
+) -> LanguageModel:
+    """Load model, tokenizer and adapter; see the module docstring for invariants.
+
+    ``name`` is the catalogue name used in messages and ``environment()``
+    (defaults to ``source``). ``tokenizer_cache_dir`` is passed to the GGUF
+    tokenizer cache.
+    """
+    label = name or source
+    try:
+        torch_dtype = parse_dtype(dtype)
+        target = device if isinstance(device, torch.device) else resolve_device(device)
+        local = _local_dir(source)
+        gguf_sha = None
+        if local is not None:
+            if gguf_file is not None:
+                gguf_sha = sha256_file(_gguf_path(local, gguf_file))
+                known_revision = gguf_sha
+            else:
+                known_revision = _dir_weights_sha256(local)
+            load_revision = None
+        else:
+            known_revision = _resolve_hub_commit(source, revision)
+            load_revision = known_revision or revision
+        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
+        if load_revision is not None:
+            kwargs["revision"] = load_revision
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        adapter = adapter_for(model)
+        model.to(target)
+        model.eval()
+        model.requires_grad_(False)
+        tokenizer = _load_tokenizer(
+            source, local, gguf_file, load_revision, tokenizer_cache_dir, gguf_sha
+        )
+    except UnsupportedArchitecture as exc:
+        raise UnsupportedArchitecture(f"could not load model {label!r}: {exc}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"could not load model {label!r}: {_reason(exc)}") from exc
+    return LanguageModel(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        name=label,
+        source=source,
+        gguf_file=gguf_file,
+        revision=known_revision,
+        dtype=torch_dtype,
+        device=target,
+    )
