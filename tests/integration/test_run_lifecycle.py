@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import signal
 import time
 import zipfile
@@ -26,16 +27,21 @@ GEOMETRY_ARRAYS = {
 }
 PROMPTS = ["The cat sat on the mat.", "Dogs bark at night", "A short one"]
 # A run long enough to be caught while running: many single-prompt batches.
-SLOW_PROMPTS = [f"prompt number {i} about latent spaces" for i in range(1500)]
+SLOW_PROMPTS = [f"p{i}" for i in range(1500)]  # <= 5 byte-level tokens each
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def portal(request, tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp(f"portal-{request.param}")
     backend = make_backend(request.param, data_dir)
+    corrupt = data_dir / "corrupt-model"  # its tokenizer loads, its weights do not
+    shutil.copytree(tiny_gpt2_dir, corrupt)
+    for weights in corrupt.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
     models = {
         "tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"},
-        "broken": {"source": str(data_dir / "no-such-model"), "description": "does not exist"},
+        "corrupt": {"source": str(corrupt), "description": "weights are garbage"},
+        "missing": {"source": str(data_dir / "no-such-model"), "description": "does not exist"},
     }
     extra = {
         "ATLAS_HEARTBEAT_EVERY": "0.5",
@@ -56,7 +62,7 @@ def portal(request, tmp_path_factory, tiny_gpt2_dir):
 
 
 def _params(prompts=PROMPTS, **over):
-    return {"model": "tiny-gpt2", "prompts": prompts, "max_tokens": 16, **over}
+    return {"model": "tiny-gpt2", "prompts": prompts, "max_tokens": 32, **over}
 
 
 def _engine(portal: Portal):
@@ -140,10 +146,15 @@ def test_malformed_json_unknown_run_and_auth(portal):
 
 
 def test_model_that_fails_to_load_fails_and_worker_keeps_serving(portal):
-    run = portal.submit(portal.alice, _params(model="broken"))
+    # A model whose files are missing is refused before anything is queued...
+    refused = portal.api("POST", "/api/runs", portal.alice,
+                         json={"kind": "geometry", "params": _params(model="missing")})
+    assert refused.status_code == 400 and "no-such-model" in refused.json()["messages"][0]
+    # ...one whose weights fail to load fails in the worker, with the reason.
+    run = portal.submit(portal.alice, _params(model="corrupt"))
     failed = portal.wait_for(run["id"], portal.alice, {"succeeded", "failed"})
     assert failed["status"] == "failed"
-    assert "broken" in failed["error"] or "no-such-model" in failed["error"]
+    assert "could not load model" in failed["error"] and "corrupt" in failed["error"]
     assert failed["traceback"]  # the owner sees it
     assert portal.api("GET", f"/api/runs/{run['id']}", portal.bob).json()["traceback"] is None
     ok = portal.submit(portal.alice, _params())
@@ -173,7 +184,7 @@ def test_cancel_queued_and_running(portal):
 
 
 def test_worker_killed_mid_run_ends_in_exactly_one_terminal_state(portal):
-    run = portal.submit(portal.alice, _params(prompts=SLOW_PROMPTS[:600], batch_size=1, max_tokens=8))
+    run = portal.submit(portal.alice, _params(prompts=SLOW_PROMPTS[:300], batch_size=1, max_tokens=8))
     portal.wait_for(run["id"], portal.alice, {"running"}, predicate=lambda r: r["progress"] > 0.05)
     victim = portal.workers[-1]
     portal.kill(victim, signal.SIGKILL)
