@@ -202,3 +202,16 @@ def test_worker_killed_mid_run_ends_in_exactly_one_terminal_state(portal):
     assert again["status"] == "succeeded" and again["attempts"] == 2
 
 
+
+
+def test_login_is_rate_limited_and_wrong_passwords_are_refused(portal):
+    import requests
+
+    statuses = []
+    for _ in range(25):  # the limit is 10/minute per address (per web process on memory storage)
+        response = requests.post(portal.url + "/login", data={"username": "alice", "password": "nope"},
+                                 timeout=10, allow_redirects=False)
+        statuses.append(response.status_code)
+    assert statuses[0] == 401
+    assert 429 in statuses
+    assert set(statuses) <= {401, 429}
