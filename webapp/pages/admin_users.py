@@ -1,0 +1,183 @@
+"""Users and API tokens: ``/admin/users``.
+
+Admins see the user table, create users and reset passwords; every user may
+create an API token for themselves (its secret is shown once). Invariant: each
+admin callback checks ``current_user.is_admin`` itself; hiding the form from
+non-admins is not the protection.
+"""
+
+from __future__ import annotations
+
+import dash
+import dash_ag_grid as dag
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, callback, dcc, html
+from flask_login import current_user
+
+from webapp import users_service
+from webapp.components import format_time
+from webapp.users_service import UserError
+
+dash.register_page(__name__, path="/admin/users", name="Users", title="Users · Latent Atlas")
+
+USER_COLUMNS = [
+    {"field": "username", "headerName": "Username", "flex": 1},
+    {"field": "role", "headerName": "Role", "width": 110},
+    {"field": "active", "headerName": "Active", "width": 100},
+    {"field": "created", "headerName": "Created", "width": 210},
+]
+
+
+def user_rows(users: list[dict]) -> list[dict]:
+    return [{"username": u["username"], "role": "admin" if u["is_admin"] else "member",
+             "active": "yes" if u["is_active"] else "no", "created": format_time(u["created_at"])}
+            for u in users]
+
+
+def _token_card():
+    return dbc.Card(
+        [
+            dbc.CardHeader("API token"),
+            dbc.CardBody([
+                html.P(["Scripts call the JSON API (", html.Code("/api/runs"), ") with ",
+                        html.Code("Authorization: Bearer <token>"), ". A token acts as you, ",
+                        html.Strong(current_user.username), "."], className="small"),
+                dbc.InputGroup([
+                    dbc.Input(id="users-token-name", placeholder="Token name (e.g. laptop)",
+                              maxlength=100),
+                    dbc.Button("Create token", id="users-token-create", color="primary",
+                               n_clicks=0),
+                ]),
+                html.Div(id="users-token-result", className="mt-3"),
+            ]),
+        ],
+        class_name="mb-3",
+    )
+
+
+def _admin_cards():
+    users = users_service.list_users()
+    usernames = [{"label": u["username"], "value": u["username"]} for u in users]
+    return [
+        dbc.Card([
+            dbc.CardHeader("Users"),
+            dbc.CardBody(dag.AgGrid(
+                id="users-grid", columnDefs=USER_COLUMNS, rowData=user_rows(users),
+                defaultColDef={"sortable": True, "filter": True, "resizable": True},
+                getRowId="params.data.username",
+                className="ag-theme-quartz", dashGridOptions={"domLayout": "autoHeight"},
+            )),
+        ], class_name="mb-3"),
+        dbc.Row([
+            dbc.Col(dbc.Card([
+                dbc.CardHeader("Create a user"),
+                dbc.CardBody([
+                    dbc.Input(id="users-new-username", placeholder="Username", class_name="mb-2",
+                              autocomplete="off"),
+                    dbc.Input(id="users-new-password", placeholder="Password (8+ characters)",
+                              type="password", class_name="mb-2", autocomplete="new-password"),
+                    dbc.Switch(id="users-new-admin", label="Administrator", value=False),
+                    dbc.Button("Create user", id="users-create", color="primary", n_clicks=0),
+                    html.Div(id="users-create-result", className="mt-2"),
+                ]),
+            ], class_name="mb-3"), md=6),
+            dbc.Col(dbc.Card([
+                dbc.CardHeader("Reset a password"),
+                dbc.CardBody([
+                    dcc.Dropdown(id="users-reset-username", options=usernames,
+                                 placeholder="User", className="mb-2"),
+                    dbc.Input(id="users-reset-password", placeholder="New password (8+ characters)",
+                              type="password", class_name="mb-2", autocomplete="new-password"),
+                    dbc.Button("Set password", id="users-reset", color="warning", n_clicks=0),
+                    html.Div(id="users-reset-result", className="mt-2"),
+                ]),
+            ], class_name="mb-3"), md=6),
+        ]),
+    ]
+
+
+def layout(**_kwargs):
+    children = [html.H1("Users" if current_user.is_admin else "Your API tokens",
+                        className="h3 mb-3")]
+    if current_user.is_admin:
+        children.extend(_admin_cards())
+    else:
+        children.append(html.P("Only administrators manage accounts; ask one to create a user "
+                               "or reset a password.", className="text-muted"))
+    children.append(_token_card())
+    return html.Div(children, id="users-page", className="atlas-narrow")
+
+
+def _alert(text: str, colour: str):
+    return dbc.Alert(text, color=colour, class_name="py-2 mb-0")
+
+
+@callback(
+    Output("users-create-result", "children"),
+    Output("users-grid", "rowData"),
+    Output("users-reset-username", "options"),
+    Output("users-new-password", "value"),
+    Input("users-create", "n_clicks"),
+    State("users-new-username", "value"),
+    State("users-new-password", "value"),
+    State("users-new-admin", "value"),
+    prevent_initial_call=True,
+)
+def _create_user(_clicks, username, password, is_admin):
+    if not current_user.is_admin:
+        return _alert("Only administrators may create users.", "danger"), *([dash.no_update] * 3)
+    try:
+        user = users_service.create_user((username or "").strip(), password or "",
+                                         is_admin=bool(is_admin))
+    except UserError as exc:
+        return _alert(str(exc), "danger"), *([dash.no_update] * 3)
+    users = users_service.list_users()
+    role = "administrator" if user.is_admin else "member"
+    return (_alert(f"Created {role} {user.username}.", "success"), user_rows(users),
+            [{"label": u["username"], "value": u["username"]} for u in users], "")
+
+
+@callback(
+    Output("users-reset-result", "children"),
+    Output("users-reset-password", "value"),
+    Input("users-reset", "n_clicks"),
+    State("users-reset-username", "value"),
+    State("users-reset-password", "value"),
+    prevent_initial_call=True,
+)
+def _reset_password(_clicks, username, password):
+    if not current_user.is_admin:
+        return _alert("Only administrators may reset passwords.", "danger"), dash.no_update
+    if not username:
+        return _alert("Choose a user.", "warning"), dash.no_update
+    try:
+        users_service.set_password(username, password or "")
+    except UserError as exc:
+        return _alert(str(exc), "danger"), dash.no_update
+    return _alert(f"New password set for {username}.", "success"), ""
+
+
+@callback(
+    Output("users-token-result", "children"),
+    Input("users-token-create", "n_clicks"),
+    State("users-token-name", "value"),
+    prevent_initial_call=True,
+)
+def _create_token(_clicks, name):
+    try:
+        secret = users_service.create_api_token(current_user.username, (name or "").strip())
+    except UserError as exc:
+        return _alert(str(exc), "danger")
+    return dbc.Alert(
+        [
+            html.Div("Your new token (copy it now: it is shown only once and stored hashed):"),
+            html.Div([html.Code(secret, id="users-token-secret", className="me-2 user-select-all"),
+                      dcc.Clipboard(target_id="users-token-secret", title="Copy",
+                                    style={"display": "inline-block"})],
+                     className="my-2 atlas-secret"),
+            html.Small("Anyone with this token can act as you through the API; create a new one "
+                       "if it leaks."),
+        ],
+        color="success",
+        class_name="mb-0",
+    )

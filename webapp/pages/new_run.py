@@ -1,0 +1,111 @@
+"""New run: pick a kind and a model, fill in the kind's own form, submit.
+
+The kind's fields come from its view module (``webapp.views.<kind>.form_fields``)
+and are collected through pattern-matching IDs, so a new kind needs no change
+here. Rejections (form or service) are listed in a danger alert as plain text.
+"""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html
+from flask_login import current_user
+
+from latent_atlas.analyses import KINDS
+from latent_atlas.settings import get_settings
+from webapp import runs_service
+from webapp.components import error_alert
+from webapp.runs_service import SubmissionError
+from webapp.views import FIELD_TYPE, FormError, form_values, get_view
+
+dash.register_page(__name__, path="/new", name="New run", title="New run · Latent Atlas")
+
+
+def _model_options() -> list[dict]:
+    settings = get_settings()
+    options = []
+    for name, entry in settings.models.items():
+        label = html.Div([html.Span(name, className="fw-semibold"),
+                          html.Small(entry.description, className="text-muted ms-2")]
+                         if entry.description else [html.Span(name, className="fw-semibold")])
+        options.append({"label": label, "value": name, "search": f"{name} {entry.description}"})
+    return options
+
+
+def kind_form(kind: str):
+    view = get_view(kind)
+    if view is None:
+        return dbc.Alert(f"The portal has no form for run kind {kind!r} yet.", color="warning")
+    return view.form_fields(get_settings())
+
+
+def layout(kind: str | None = None, **_kwargs):
+    settings = get_settings()
+    kind = kind if kind in KINDS else next(iter(KINDS))
+    return html.Div(
+        [
+            dcc.Location(id="new-location", refresh="callback-nav"),
+            html.H1("New run", className="h3 mb-3"),
+            dbc.Card(
+                dbc.CardBody(
+                    [
+                        dbc.Row([
+                            dbc.Col([
+                                dbc.Label("Kind"),
+                                dbc.Select(id="new-kind", value=kind,
+                                           options=[{"label": k.title, "value": name}
+                                                    for name, k in KINDS.items()]),
+                            ], md=4),
+                            dbc.Col([
+                                dbc.Label("Model"),
+                                dcc.Dropdown(id="new-model", options=_model_options(),
+                                             value=settings.default_model, clearable=False,
+                                             className="atlas-model-dropdown"),
+                            ], md=8),
+                        ], class_name="mb-3"),
+                        html.Div(kind_form(kind), id="new-kind-form", className="mb-3"),
+                        dbc.Label("Title (optional)"),
+                        dbc.Input(id="new-title", type="text",
+                                  maxlength=settings.limits.max_title_chars,
+                                  placeholder="e.g. capitals, GPT-2 vs SmolLM2"),
+                        html.Div(id="new-errors", className="mt-3"),
+                        dbc.Button("Submit run", id="new-submit", color="primary",
+                                   class_name="mt-2", n_clicks=0),
+                    ]
+                )
+            ),
+        ],
+        id="new-page",
+        className="atlas-narrow",
+    )
+
+
+@callback(Output("new-kind-form", "children"), Input("new-kind", "value"),
+          prevent_initial_call=True)
+def _switch_kind(kind: str):
+    return kind_form(kind)
+
+
+@callback(
+    Output("new-errors", "children"),
+    Output("new-location", "href"),
+    Input("new-submit", "n_clicks"),
+    State("new-kind", "value"),
+    State("new-model", "value"),
+    State("new-title", "value"),
+    State({"type": FIELD_TYPE, "kind": ALL, "name": ALL}, "value"),
+    prevent_initial_call=True,
+    running=[(Output("new-submit", "disabled"), True, False)],
+)
+def _submit(_clicks, kind, model, title, _field_values):
+    view = get_view(kind or "")
+    if view is None:
+        return error_alert([f"unknown run kind {kind!r}"]), dash.no_update
+    values = form_values(kind, ctx.states_list[-1])
+    try:
+        params = view.params_from_form(model, values, get_settings().limits)
+        run = runs_service.submit_run(current_user.id, kind, params, title=title)
+    except (FormError, SubmissionError) as exc:
+        return error_alert(exc.messages), dash.no_update
+    return None, f"/runs/{run.id}"

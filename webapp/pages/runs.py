@@ -1,0 +1,147 @@
+"""Browse runs: a sortable, filterable grid fed by ``runs_service.list_runs``.
+
+The quick filters go to the service (the database filters); the grid's own
+column filters and sorting act on the rows shown. The grid refreshes every few
+seconds so running runs move on. Titles are plain text cells; the ID column is
+Markdown built by ``components.run_link_markdown`` (escaped, HTML not allowed).
+"""
+
+from __future__ import annotations
+
+import dash
+import dash_ag_grid as dag
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, callback, dcc, html
+
+from latent_atlas.analyses import KINDS
+from latent_atlas.settings import get_settings
+from models import RunStatus
+from webapp import runs_service, users_service
+from webapp.components import normalise_run_id, run_rows
+from webapp.runs_service import RunFilter
+
+dash.register_page(__name__, path="/runs", name="Runs", title="Runs · Latent Atlas")
+
+REFRESH_MS = 3000
+ROW_LIMIT = 500
+
+COLUMNS = [
+    {"field": "id_link", "headerName": "ID", "cellRenderer": "markdown", "width": 150,
+     "pinned": "left", "cellClass": "font-monospace"},
+    {"field": "title", "headerName": "Title", "flex": 2, "minWidth": 160},
+    {"field": "kind", "headerName": "Kind", "width": 120},
+    {"field": "model", "headerName": "Model", "width": 170},
+    {"field": "owner", "headerName": "Owner", "width": 120},
+    {"field": "status", "headerName": "Status", "width": 125,
+     "cellClassRules": {f"atlas-cell-{s.value}": f"params.value === '{s.value}'"
+                        for s in RunStatus}},
+    {"field": "progress", "headerName": "Progress", "width": 115, "filter": "agNumberColumnFilter",
+     "valueFormatter": {"function": "params.value == null ? '' : params.value + '%'"}},
+    {"field": "created", "headerName": "Created", "width": 200, "sort": "desc",
+     "cellDataType": "text", "filter": "agTextColumnFilter"},
+    {"field": "duration_s", "headerName": "Duration", "width": 120,
+     "filter": "agNumberColumnFilter",
+     "valueFormatter": {"function": "params.value == null ? '' : d3.format('.1f')(params.value) + ' s'"}},
+]
+
+
+def _options(values) -> list[dict]:
+    return [{"label": v, "value": v} for v in values]
+
+
+def _filters():
+    settings = get_settings()
+    users = [u["username"] for u in users_service.list_users()]
+    select = dict(clearable=True, className="atlas-filter")
+    return dbc.Row(
+        [
+            dbc.Col(dcc.Dropdown(id="runs-filter-kind", options=_options(KINDS),
+                                 placeholder="Kind", **select), md=2),
+            dbc.Col(dcc.Dropdown(id="runs-filter-model", options=_options(settings.models),
+                                 placeholder="Model", **select), md=2),
+            dbc.Col(dcc.Dropdown(id="runs-filter-owner", options=_options(users),
+                                 placeholder="Owner", **select), md=2),
+            dbc.Col(dcc.Dropdown(id="runs-filter-status", options=_options(s.value for s in RunStatus),
+                                 placeholder="Status", **select), md=2),
+            dbc.Col(dbc.Input(id="runs-filter-text", type="search", debounce=400,
+                              placeholder="Search title or ID"), md=4),
+        ],
+        class_name="g-2 mb-3",
+    )
+
+
+def layout(**_kwargs):
+    return html.Div(
+        [
+            dcc.Location(id="runs-location", refresh="callback-nav"),
+            dbc.Row(
+                [
+                    dbc.Col(html.H1("Runs", className="h3 mb-0"), md=6),
+                    dbc.Col(
+                        dbc.InputGroup([
+                            dbc.Input(id="runs-open-id", placeholder="Run ID", type="text",
+                                      class_name="font-monospace"),
+                            dbc.Button("Open run", id="runs-open-button", color="primary",
+                                       n_clicks=0),
+                        ], size="sm"),
+                        md={"size": 4, "offset": 2},
+                    ),
+                ],
+                class_name="align-items-center mb-3",
+            ),
+            html.Div(id="runs-open-message"),
+            _filters(),
+            dag.AgGrid(
+                id="runs-grid",
+                columnDefs=COLUMNS,
+                rowData=[],
+                defaultColDef={"sortable": True, "filter": True, "resizable": True,
+                               "floatingFilter": True},
+                getRowId="params.data.id",
+                dashGridOptions={"animateRows": False, "pagination": True,
+                                 "paginationPageSize": 50},
+                style={"height": "70vh"},
+                className="ag-theme-quartz atlas-grid",
+            ),
+            html.Div(id="runs-count", className="text-muted small mt-2"),
+            dcc.Interval(id="runs-refresh", interval=REFRESH_MS),
+        ],
+        id="runs-page",
+    )
+
+
+def filter_from(kind, model, owner, status, text) -> RunFilter:
+    return RunFilter(kind=kind or None, model=model or None, owner=owner or None,
+                     status=status or None, text=(text or "").strip() or None, limit=ROW_LIMIT)
+
+
+@callback(
+    Output("runs-grid", "rowData"),
+    Output("runs-count", "children"),
+    Input("runs-refresh", "n_intervals"),
+    Input("runs-filter-kind", "value"),
+    Input("runs-filter-model", "value"),
+    Input("runs-filter-owner", "value"),
+    Input("runs-filter-status", "value"),
+    Input("runs-filter-text", "value"),
+)
+def _load_rows(_tick, kind, model, owner, status, text):
+    rows = run_rows(runs_service.list_runs(filter_from(kind, model, owner, status, text)))
+    more = " (the newest; narrow the filters to see older ones)" if len(rows) >= ROW_LIMIT else ""
+    return rows, f"{len(rows)} runs{more}"
+
+
+@callback(
+    Output("runs-location", "href"),
+    Output("runs-open-message", "children"),
+    Input("runs-open-button", "n_clicks"),
+    Input("runs-open-id", "n_submit"),
+    State("runs-open-id", "value"),
+    prevent_initial_call=True,
+)
+def _open_run(_clicks, _submit, value):
+    run_id = normalise_run_id(value)
+    if run_id is None:
+        return dash.no_update, dbc.Alert("Enter a run ID (letters, digits, '-' and '_').",
+                                         color="warning", class_name="py-2")
+    return f"/runs/{run_id}", None
