@@ -287,8 +287,11 @@ def list_runs(flt: RunFilter = RunFilter()) -> list[dict[str, Any]]:
     if flt.owner:
         query = query.where(User.username == flt.owner)
     if flt.text:
-        pattern = f"%{flt.text.strip()}%"
-        query = query.where(Run.title.ilike(pattern) | Run.id.ilike(pattern))
+        literal = flt.text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{literal}%"
+        query = query.where(
+            Run.title.ilike(pattern, escape="\\") | Run.id.ilike(pattern, escape="\\")
+        )
     with session_scope() as session:
         return [run_summary(run) for run in session.scalars(query)]
 

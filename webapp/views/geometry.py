@@ -352,7 +352,7 @@ def form_fields(settings: Any) -> list[Any]:
                 dbc.Input(id=field_id(KIND, "max_tokens"), type="number", min=1,
                           max=limits.max_tokens_per_prompt, step=1,
                           value=min(32, limits.max_tokens_per_prompt)),
-                dbc.FormText(f"1 to {limits.max_tokens_per_prompt}; longer prompts are cut."),
+                dbc.FormText(f"1 to {limits.max_tokens_per_prompt}; a prompt with more tokens is refused."),
             ], md=4),
             dbc.Col([
                 dbc.Label("Averaging", class_name="mt-3"),
