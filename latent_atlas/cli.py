@@ -52,6 +52,7 @@ def ensure_admin_announced() -> None:
     from webapp.users_service import ensure_admin
 
     settings = get_settings()
+    settings.ensure_secret_key()  # before any web worker starts, so none races to create it
     created = ensure_admin()
     path = settings.data_dir / "admin-password.txt"
     if created is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -137,12 +138,18 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key
         path = self.data_dir / "secret_key"
-        if path.exists():
-            self.secret_key = path.read_text().strip()
-        else:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            key = secrets.token_urlsafe(48)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: of several processes starting at once, exactly one writes the key
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            for _ in range(50):  # the writer may not have finished its one write yet
+                key = path.read_text().strip()
+                if key:
+                    break
+                time.sleep(0.1)
+            self.secret_key = key
+        else:
+            key = secrets.token_urlsafe(48)
             with os.fdopen(fd, "w") as handle:
                 handle.write(key)
             self.secret_key = key
