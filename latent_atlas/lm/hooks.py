@@ -138,8 +138,9 @@ class Capture:
         return self.embeddings if layer == 0 else self.points[layer - 1][RESID_POST]
 
     def stacked(self) -> Tensor:
-        """All points as one tensor of shape (n_layers, 4, batch, seq, d_model) (a copy)."""
-        return torch.stack([torch.stack(components) for components in self.points])
+        """All points as one tensor of shape (n_layers, 4, batch, seq, d_model) (one copy)."""
+        flat = torch.stack([tensor for components in self.points for tensor in components])
+        return flat.view(self.n_layers, len(COMPONENTS), *flat.shape[1:])
 
     def gather(self, mask: Tensor | None = None) -> Tensor:
         """Points at the positions where ``mask`` (batch, seq) is true.

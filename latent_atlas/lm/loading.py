@@ -214,6 +214,7 @@ def _cached_gguf_tokenizer(
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private; other processes read the cache too
         tokenizer.save_pretrained(str(staging))
         try:
             os.rename(staging, target)
