@@ -13,7 +13,11 @@ a fixed vector (the mean of the first batch, which keeps the cancellation in
 * ``explained_variance`` uses the unbiased (n - 1) covariance, like
   scikit-learn, and ``explained_variance_ratio`` divides by the total variance;
 * torch batches are accumulated on their own device (a GPU does the Gram
-  products), the fit itself is numpy on the CPU.
+  products), the fit itself is numpy on the CPU;
+* ``PCAAccumulator(products="float32")`` computes each batch's (shifted) Gram
+  product in float32 and adds it to the float64 accumulator: 2-3x faster on a
+  CPU, with relative errors around 1e-6 instead of 1e-12; the default
+  ``"float64"`` is exact to float64 rounding.
 
 ``umap-learn`` is imported only inside ``umap_embed`` (it is slow to import).
 """
@@ -21,6 +25,7 @@ a fixed vector (the mean of the first batch, which keeps the cancellation in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -68,7 +73,10 @@ class PCAFit:
 class PCAAccumulator:
     """Accumulates ``n``, the row sum and ``X^T X`` (float64) over batches of rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, products: Literal["float64", "float32"] = "float64") -> None:
+        if products not in ("float64", "float32"):
+            raise ValueError(f"products must be 'float64' or 'float32', got {products!r}")
+        self.product_dtype = torch.float64 if products == "float64" else torch.float32
         self.n = 0
         self._shift: Tensor | None = None
         self._sum: Tensor | None = None
@@ -81,18 +89,20 @@ class PCAAccumulator:
             raise ValueError(f"expected a 2-d batch of rows, got shape {tuple(rows.shape)}")
         if rows.shape[0] == 0:
             return
-        rows = rows.to(torch.float64)
-        if self._shift is None:
-            self._shift = rows.mean(dim=0)
+        if not rows.is_floating_point():
+            rows = rows.to(torch.float64)
+        if self._shift is None:  # any fixed vector works; near the mean keeps cancellation small
+            self._shift = rows.mean(dim=0).to(torch.float64)
             d = rows.shape[1]
             self._sum = torch.zeros(d, dtype=torch.float64, device=rows.device)
             self._gram = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
         elif rows.shape[1] != self._shift.shape[0]:
             raise ValueError(f"expected rows of width {self._shift.shape[0]}, got {rows.shape[1]}")
         assert self._sum is not None and self._gram is not None
-        rows = rows.to(self._shift.device) - self._shift
-        self._sum += rows.sum(dim=0)
-        self._gram.addmm_(rows.T, rows)
+        rows = rows.to(self._shift.device)
+        shifted = rows.to(self.product_dtype) - self._shift.to(self.product_dtype)
+        self._sum += shifted.sum(dim=0).to(torch.float64)
+        self._gram += (shifted.T @ shifted).to(torch.float64)
         self.n += int(rows.shape[0])
 
     def finalize(self, n_components: int) -> PCAFit:

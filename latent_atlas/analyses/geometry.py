@@ -13,6 +13,10 @@ unit norm, and reduced jointly (one PCA across all layers and components) to
 * the hook points are checked on the first batch of every run
   (``summary["hook_check_max_abs_error"]``), a mismatch fails the run;
 * only valid states leave the device, as float32, batch by batch;
+* the joint PCA is exact from the covariance (``latent_atlas.reduce``); without
+  averaging it is accumulated batch by batch on the model's device, with
+  float64 Gram products on a GPU and float32 products (float64 accumulation)
+  on a CPU;
 * points are ordered layer-major, then component, then prompt, then position
   (or position / prompt alone when averaged); ``Result.arrays`` names are a
   contract with the views: ``coords``, ``layer``, ``component``, ``position``,
@@ -132,7 +136,8 @@ class _Collector:
             total = sum(n_tokens)
             self.states = np.empty((*shape, total, self.d_model), dtype=np.float32)
             self.norms = np.empty((*shape, total), dtype=np.float32)
-            self.pca = PCAAccumulator()
+            # A GPU does float64 Gram products at no cost; a CPU would spend half a forward on them.
+            self.pca = PCAAccumulator(products="float64" if self.device.type == "cuda" else "float32")
             self.offset = 0
         elif params.average == "samples":
             self.sums = torch.zeros((*shape, max(n_tokens), self.d_model), dtype=torch.float64, device=self.device)

@@ -81,3 +81,16 @@ def test_umap_embed_is_seeded() -> None:
     second = umap_embed(X, 2, seed=7, n_neighbors=10)
     assert first.shape == (80, 2) and first.dtype == np.float32
     np.testing.assert_array_equal(first, second)
+
+
+def test_float32_products_are_close() -> None:
+    X = _data(n=2000, d=16, seed=4).astype(np.float32)
+    exact = pca_fit(X, 3)
+    fast = PCAAccumulator(products="float32")
+    for part in np.array_split(X, 5):
+        fast.update(part)
+    fit = fast.finalize(3)
+    np.testing.assert_allclose(fit.explained_variance_ratio, exact.explained_variance_ratio, rtol=1e-5)
+    np.testing.assert_allclose(fit.components, exact.components, atol=1e-4)
+    with pytest.raises(ValueError, match="products"):
+        PCAAccumulator(products="float16")  # type: ignore[arg-type]
