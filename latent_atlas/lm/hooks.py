@@ -24,7 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -84,13 +84,15 @@ def capture_hooks(lm: LanguageModel) -> Iterator[_Store]:
     store = _Store(len(blocks))
     handles: list[RemovableHandle] = []
 
-    def output_hook(layer: int, component: int):  # noqa: ANN202 - torch hook signature
+    def output_hook(layer: int, component: int) -> Callable[[torch.nn.Module, Any, Any], None]:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             store.points[layer][component] = _first(output)
 
         return hook
 
-    def input_hook(layer: int, component: int):  # noqa: ANN202
+    def input_hook(
+        layer: int, component: int
+    ) -> Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], None]:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             store.points[layer][component] = _hidden_input(args, kwargs)
 

@@ -162,7 +162,7 @@ def _resolve_hub_commit(source: str, revision: str | None) -> str | None:
         from transformers.utils.hub import resolve_revision
 
         resolved = resolve_revision(source, revision)
-    except Exception:  # noqa: BLE001 - best effort; the load itself reports real errors
+    except Exception:  # best effort; the load itself reports real errors
         return None
     commit = getattr(resolved, "resolved", None)
     return commit if isinstance(commit, str) and _COMMIT.match(commit) else None

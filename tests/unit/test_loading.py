@@ -93,3 +93,12 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_unreachable_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Offline mode makes the hub path fail at once instead of after retries; the code path is the real one.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match=r"^could not load model 'hub-model': "):
+        load_model("no-such-org/no-such-model", name="hub-model")
