@@ -33,9 +33,12 @@ next-token distribution. Invariants:
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Literal
 
 import numpy as np
@@ -96,8 +99,12 @@ TOKEN_TABLE_ROWS = 50
 LOGITS_BUDGET = {"cpu": 128 << 20, "cuda": 1 << 30}
 CONTEXT_BUDGET = {"cpu": 256 << 20, "cuda": 2 << 30}
 MAX_CELLS = {"cpu": 4096, "cuda": 8192}
-FAST_PATH_CELLS = {"cpu": 4096, "cuda": 16384}
-CPU_CHUNK_ROWS = 32
+FAST_PATH_CELLS = {"cpu": 4096, "cuda": 16384}  # cells per progress report on the fast path
+CPU_CHUNK_ROWS = 32  # rows per in-cache chunk of the reduction on a CPU
+CPU_BATCH_CELLS = 1024  # cells per batch (one progress report) on a CPU, direct computation
+CPU_PIECE_CELLS = 128  # cells per job on a CPU: a worker thread runs blocks, readout, reduction
+FAST_PIECE_ROWS = 64  # rows per job on the fast path on a CPU
+FAST_CHUNK_ROWS = 16  # rows per in-cache chunk on the fast path on a CPU
 FAST_PATH_PROBES = 16
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -372,6 +379,47 @@ def _build_plane(params: GridParams, lm: LanguageModel) -> tuple[Plane, dict[str
 
 # --- Reducing logits to top-k and entropy ---------------------------------------------------------
 
+TOPK_BLOCK = 128  # block width of the two-level top-k
+# Shifted logits below this are raised to it before exp: exp(-80) = 1.8e-35, so even a
+# vocabulary of a million such terms changes no float32 sum, while exp below about -87
+# (float32 underflow) takes a slow path that is some 50x slower on x86 CPUs.
+EXP_FLOOR = -80.0
+
+
+def topk_rows(z: Tensor, k: int, block: int = TOPK_BLOCK) -> tuple[Tensor, Tensor]:
+    """``torch.topk(z, k, dim=1)`` (values descending, int64 indices) in two cheap levels.
+
+    The maximum of every block of ``block`` columns is one vectorised pass; the
+    top-k elements of a row lie in the k blocks with the largest maxima (a
+    block holding a top-k element e is outranked only by blocks whose maxima
+    exceed e, and each of those maxima is itself a top-k element, so fewer
+    than k blocks outrank it), so a top-k over the ``k * block`` candidates
+    finishes the job. Equal values may come out in a different order than
+    ``torch.topk``'s.
+    """
+    rows, width = z.shape
+    full = width // block
+    if full < 2 * k or rows == 0:
+        return torch.topk(z, k, dim=1)
+    maxima = z[:, : full * block].unflatten(1, (full, block)).amax(dim=2)
+    if width > full * block:
+        maxima = torch.cat([maxima, z[:, full * block :].amax(dim=1, keepdim=True)], dim=1)
+    chosen = torch.topk(maxima, k, dim=1).indices
+    offsets = torch.arange(block, device=z.device)
+    index = (chosen.unsqueeze(2) * block + offsets).reshape(rows, k * block)
+    outside = index >= width
+    candidates = z.gather(1, index.clamp_(max=width - 1))
+    candidates.masked_fill_(outside, float("-inf"))
+    values, picked = torch.topk(candidates, k, dim=1)
+    return values, index.gather(1, picked)
+
+
+def _row_dots(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(1)`` for rows of two (r, V) tensors, without an (r, V) temporary."""
+    if a.device.type != "cpu":
+        return torch.linalg.vecdot(a, b)
+    return torch.stack([torch.dot(a[i], b[i]) for i in range(a.shape[0])])
+
 
 def reduce_logits(
     logits: Tensor, k: int, *, chunk_rows: int | None = None, scratch: Tensor | None = None
@@ -381,7 +429,8 @@ def reduce_logits(
     ``logits`` must be float32 and may be overwritten (it is used as scratch).
     Rows are processed ``chunk_rows`` at a time (default: all) so that the
     passes over one chunk stay in cache. Probabilities are the softmax of the
-    full row: ``p_i = exp(l_i - m) / Z``; entropy ``log Z - sum(e * (l - m)) / Z``.
+    full row: ``p_i = exp(l_i - m) / Z`` with ``m`` the row maximum; entropy
+    ``log Z - sum(e * (l - m)) / Z`` with ``e = exp(max(l - m, EXP_FLOOR))``.
     ``scratch`` (at least (chunk, V) float32) saves an allocation per call.
     """
     if logits.dtype != torch.float32 or logits.ndim != 2:
@@ -399,15 +448,54 @@ def reduce_logits(
             stop = min(start + step, rows)
             z = logits[start:stop]
             e = scratch[: stop - start]
-            top_v, top_i = torch.topk(z, k, dim=1)
-            z.sub_(top_v[:, :1])
+            top_v, top_i = topk_rows(z, k)
+            z.sub_(top_v[:, :1]).clamp_(min=EXP_FLOOR)
             torch.exp(z, out=e)
             total = e.sum(dim=1)
-            weighted = e.mul_(z).sum(dim=1)
+            weighted = _row_dots(e, z)
             entropy[start:stop] = (torch.log(total) - weighted / total).clamp_min_(0.0)
             probs[start:stop] = torch.exp(top_v - top_v[:, :1]) / total.unsqueeze(1)
             ids[start:stop] = top_i
     return ids, probs, entropy
+
+
+class _AffineReducer:
+    """Top-k and entropy straight from the fast path, two small matrix products per chunk.
+
+    With ``basis5 = [a; b; e; bias; 1]`` (5, V) and ``coef = [1/s, x/s, y/s, 1, -m]``
+    one product gives the logits shifted by any ``m``; after the top-k gives
+    the row maximum ``m``, a second product gives ``z = l - m`` directly, and
+    ``sum(e * z) = coef . (basis5 @ e^T)`` replaces a pass over the row.
+    """
+
+    def __init__(self, fast: AffineReadout) -> None:
+        vocab = fast.basis.shape[1]
+        ones = torch.ones((1, vocab), dtype=torch.float32, device=fast.basis.device)
+        self.fast = fast
+        self.basis5 = torch.cat([fast.basis, fast.bias.unsqueeze(0), ones]).contiguous()
+        self.buffer: Tensor | None = None
+
+    def __call__(self, x: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        rows = x.shape[0]
+        if self.buffer is None or self.buffer.shape[0] < rows:
+            self.buffer = None
+            self.buffer = torch.empty((rows, self.basis5.shape[1]), dtype=torch.float32,
+                                      device=self.basis5.device)
+        coef3 = self.fast.coefficients(x, y)
+        coef = torch.zeros((rows, 5), dtype=torch.float32, device=coef3.device)
+        coef[:, :3] = coef3
+        coef[:, 3] = 1.0
+        z = self.buffer[:rows]
+        torch.mm(coef, self.basis5, out=z)
+        top_v, top_i = topk_rows(z, k)
+        coef[:, 4] = -top_v[:, 0]
+        torch.mm(coef, self.basis5, out=z)
+        z.clamp_(min=EXP_FLOOR).exp_()
+        total = z.sum(dim=1)
+        weighted = (torch.mm(self.basis5, z.T).T * coef).sum(dim=1)  # (5, V) @ (V, rows): the fast layout
+        entropy = (torch.log(total) - weighted / total).clamp_min_(0.0)
+        probs = torch.exp(top_v - top_v[:, :1]) / total.unsqueeze(1)
+        return top_i, probs, entropy
 
 
 # --- The grid ----------------------------------------------------------------------------------
@@ -443,6 +531,60 @@ def _start_batch(lm: LanguageModel, context: ContextState | None) -> int:
         per_cell = 4 * 4 * lm.d_model * (context.prefix.length + 1)
         cells = min(cells, CONTEXT_BUDGET[kind] // per_cell)
     return int(max(1, min(cells, MAX_CELLS[kind])))
+
+
+def _piece_cells(lm: LanguageModel, context: ContextState | None, workers: int) -> int:
+    """Cells per CPU job: ``CPU_PIECE_CELLS``, fewer when a long context's keys would not fit."""
+    cells = CPU_PIECE_CELLS
+    if context is not None and context.prefix is not None:
+        per_cell = 4 * 4 * lm.d_model * (context.prefix.length + 1)
+        cells = min(cells, CONTEXT_BUDGET["cpu"] // (per_cell * max(1, workers)))
+    return max(1, cells)
+
+
+def _single_threaded_ops() -> None:
+    torch.set_num_threads(1)
+
+
+class _Workers:
+    """Runs the jobs of one batch: inline on a GPU (or with one CPU thread), else on a pool.
+
+    On a CPU with n > 1 torch threads, jobs run on n Python threads whose torch
+    ops are single-threaded (torch ops release the GIL). Per-op OpenMP
+    parallelism puts a barrier in every op, so on a busy machine one
+    descheduled thread stalls every small op (2-10x slower on a loaded 2-core
+    machine, measured), while independent jobs on separate threads just go on.
+    ``torch.set_num_threads(1)`` in a pool thread sets that thread's OpenMP and
+    MKL thread counts (thread-local) and torch's default for new threads;
+    ``close`` restores the default.
+    """
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.saved = torch.get_num_threads()
+        self.count = self.saved if lm.device.type == "cpu" else 1
+        self.pool = (
+            ThreadPoolExecutor(self.count, thread_name_prefix="grid", initializer=_single_threaded_ops)
+            if self.count > 1 else None
+        )
+
+    def run(self, jobs: Sequence[Callable[[], None]]) -> None:
+        if self.pool is None:
+            for job in jobs:
+                job()
+            return
+        futures = [self.pool.submit(job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self.saved)
 
 
 class _Output:
@@ -574,37 +716,62 @@ def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_prog
                 fast = None
 
     started = time.perf_counter()
-    if fast is not None:
-        readout_fast = fast
+    workers = _Workers(lm)
+    local = threading.local()
+    try:
+        if fast is not None:
+            piece = FAST_PIECE_ROWS if kind == "cpu" else None
 
-        def compute(start: int, stop: int) -> None:
-            x, y = grid.coordinates(start, stop)
-            step = stop - start if chunk_rows is None else chunk_rows
-            rows = min(step, stop - start)
-            device = readout_fast.basis.device
-            buffer = torch.empty((rows, lm.vocab_size), dtype=torch.float32, device=device)
-            scratch = torch.empty((rows, lm.vocab_size), dtype=torch.float32, device=device)
-            for s in range(0, stop - start, step):
-                e = min(s + step, stop - start)
-                logits = readout_fast.logits(x[s:e], y[s:e], out=buffer[: e - s])
-                output.put(start + s, *reduce_logits(logits, k, scratch=scratch))
+            def fast_job(x: Tensor, y: Tensor, start: int) -> None:
+                reducer = getattr(local, "reducer", None)
+                if reducer is None:
+                    reducer = local.reducer = _AffineReducer(fast)
+                step = x.shape[0] if chunk_rows is None else min(FAST_CHUNK_ROWS, chunk_rows)
+                with torch.inference_mode():
+                    for s in range(0, x.shape[0], step):
+                        output.put(start + s, *reducer(x[s : s + step], y[s : s + step], k))
 
-        first = FAST_PATH_CELLS[kind]
-        stage = "cells (fast path)"
-    else:
-        prefix = None if context is None else context.prefix
+            def compute(start: int, stop: int) -> None:
+                x, y = grid.coordinates(start, stop)
+                size = stop - start if piece is None else piece
+                workers.run([
+                    functools.partial(fast_job, x[s : s + size], y[s : s + size], start + s)
+                    for s in range(0, stop - start, size)
+                ])
 
-        def compute(start: int, stop: int) -> None:
-            x, y = grid.coordinates(start, stop)
-            states = plane.points(x, y, device=lm.device)
-            resid = resid_from_layer(lm, params.layer, states, prefix=prefix, compute_dtype=compute_dtype)
-            logits = readout(lm, resid, compute_dtype=compute_dtype).float()
-            output.put(start, *reduce_logits(logits, k, chunk_rows=chunk_rows))
+            first = FAST_PATH_CELLS[kind]
+            if kind == "cuda":  # the whole batch's logits exist at once on a GPU
+                first = max(1, min(first, LOGITS_BUDGET[kind] // (4 * lm.vocab_size)))
+            stage = "cells (fast path)"
+        else:
+            prefix = None if context is None else context.prefix
+            piece = _piece_cells(lm, context, workers.count) if kind == "cpu" else None
 
-        first = _start_batch(lm, context)
-        stage = "cells"
-    with torch.inference_mode():
-        batch_sizes = _stream(grid.cells, first, compute, progress, stage, (0.05, 1.0), kind == "cuda")
+            def job(x: Tensor, y: Tensor, start: int) -> None:
+                with torch.inference_mode():
+                    states = plane.points(x, y, device=lm.device)
+                    resid = resid_from_layer(lm, params.layer, states, prefix=prefix, compute_dtype=compute_dtype)
+                    logits = readout(lm, resid, compute_dtype=compute_dtype).float()
+                    del resid
+                    scratch = getattr(local, "scratch", None)
+                    if scratch is None and chunk_rows is not None:
+                        scratch = local.scratch = torch.empty((chunk_rows, lm.vocab_size), dtype=torch.float32)
+                    output.put(start, *reduce_logits(logits, k, chunk_rows=chunk_rows, scratch=scratch))
+
+            def compute(start: int, stop: int) -> None:
+                x, y = grid.coordinates(start, stop)
+                size = stop - start if piece is None else piece
+                workers.run([
+                    functools.partial(job, x[s : s + size], y[s : s + size], start + s)
+                    for s in range(0, stop - start, size)
+                ])
+
+            first = _start_batch(lm, context) if kind == "cuda" else CPU_BATCH_CELLS
+            stage = "cells"
+        with torch.inference_mode():
+            batch_sizes = _stream(grid.cells, first, compute, progress, stage, (0.05, 1.0), kind == "cuda")
+    finally:
+        workers.close()
     cell_seconds = time.perf_counter() - started
 
     n = grid.n

@@ -68,6 +68,13 @@ def test_progress_once_per_batch_and_cancel(lm: LanguageModel) -> None:
         run_grid(params, lm, cancel_on_second_batch)
 
 
+def test_worker_threads_leave_torch_threads_as_they_were(lm: LanguageModel) -> None:
+    before = torch.get_num_threads()
+    run_grid(GridParams(model=lm.name, layer=1, size=40, spacing=0.2), lm)
+    run_grid(GridParams(model=lm.name, layer=lm.n_layers, size=40, spacing=0.2), lm)
+    assert torch.get_num_threads() == before
+
+
 def test_batch_size_does_not_grow_with_n(lm: LanguageModel) -> None:
     sizes = [
         run_grid(GridParams(model=lm.name, layer=1, size=n, spacing=0.2), lm).summary["batch_sizes"][0]
