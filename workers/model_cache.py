@@ -41,6 +41,8 @@ def get_model(name: str, capacity: int = 1) -> LanguageModel:
             dtype=entry.dtype,
             device=device,
             name=name,
+            tokenizer_cache_dir=settings.data_dir / "tokenizers",
+            gguf_cache_dir=settings.data_dir / "converted",
         )
         _cache[key] = lm
         return lm

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -269,6 +270,34 @@ def load_tokenizer(
         raise ModelLoadError(f"could not load the tokenizer of {source!r}: {_reason(exc)}") from exc
 
 
+def _load_gguf_cached(
+    source: str, gguf_sha: str, cache_dir: Path, kwargs: dict[str, Any]
+) -> PreTrainedModel:
+    """A GGUF model from its dequantised copy in ``cache_dir/<sha256>``, made on first use.
+
+    The copy is written to a temporary folder and renamed into place, so a
+    concurrent or interrupted writer never leaves a half-written copy behind.
+    """
+    converted = cache_dir / gguf_sha
+    dtype_only = {"dtype": kwargs["dtype"]}
+    if (converted / "config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(str(converted), **dtype_only)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{gguf_sha[:12]}-", dir=cache_dir))
+    try:
+        # save_pretrained refuses GGUF-loaded models; the weights are plain
+        # dequantised tensors, so write them and a config without quantisation.
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        type(model.config).from_dict(config).save_pretrained(str(staging))
+        save_model(model, str(staging / "model.safetensors"))
+        os.replace(staging, converted)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+    return model
+
+
 def load_model(
     source: str,
     *,
@@ -278,12 +307,15 @@ def load_model(
     device: str | torch.device = "cpu",
     name: str | None = None,
     tokenizer_cache_dir: Path | None = None,
+    gguf_cache_dir: Path | None = None,
 ) -> LanguageModel:
     """Load model, tokenizer and adapter; see the module docstring for invariants.
 
     ``name`` is the catalogue name used in messages and ``environment()``
     (defaults to ``source``). ``tokenizer_cache_dir`` is passed to the GGUF
-    tokenizer cache.
+    tokenizer cache. With ``gguf_cache_dir``, a GGUF model is dequantised once
+    and kept there as safetensors under the GGUF file's sha256 (later loads
+    skip the slow GGUF reader; the revision stays the GGUF file's hash).
     """
     label = name or source
     try:
@@ -306,7 +338,10 @@ def load_model(
             kwargs["gguf_file"] = gguf_file
         if load_revision is not None:
             kwargs["revision"] = load_revision
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        if gguf_sha is not None and gguf_cache_dir is not None:
+            model = _load_gguf_cached(source, gguf_sha, Path(gguf_cache_dir), kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         adapter = adapter_for(model)
         model.to(target)
         model.eval()
