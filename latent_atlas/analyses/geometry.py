@@ -1,27 +1,38 @@
 """Run kind 1, ``geometry``: latent-space geometry of the four points of every block.
 
-After Ning, Rangaraju & Kuo (2025). For each prompt and each real token, the
-four points (``COMPONENTS``) of every block are captured, optionally averaged
-(over prompts per position, or over positions per prompt), optionally scaled to
-unit norm, and reduced jointly (one PCA across all layers and components) to
-2 or 3 dimensions. Invariants:
+After Ning, Rangaraju & Kuo (2025). For each prompt (typed, or a sequence
+sampled from a corpus: ``token_ids``) and each real token, the four points
+(``COMPONENTS``) of the chosen blocks are captured, optionally averaged (over
+prompts per position, or over positions per prompt) and stored once as raw
+states; ``latent_atlas.analyses.geometry_points.describe`` then reduces them
+(PCA or UMAP, 2D or 3D, optionally unit-normalised, optionally fitted without
+position 0) and computes the statistics the views show. Invariants:
 
 * padding never counts: padded positions are not stored, not averaged and not
-  part of the PCA fit; a prompt's states do not depend on its batch mates;
+  part of any fit; a prompt's states do not depend on its batch mates;
 * order of operations per point: average (if any) -> record the L2 ``norm`` ->
-  divide by it (if ``unit_normalise``) -> PCA;
+  store the raw state -> divide by the norm (if ``unit_normalise``) -> fit;
+* memory: one batch of activations on the device plus the stored states
+  (``states_dtype``, float16 by default: 2 bytes per value; a run whose values
+  exceed float16's range switches to float32, said in the summary). Without
+  averaging nothing else of size (points x d_model) is ever held;
 * the hook points are checked on the first batch of every run
   (``summary["hook_check_max_abs_error"]``), a mismatch fails the run;
-* only valid states leave the device, as float32, batch by batch;
-* the joint PCA is exact from the covariance (``latent_atlas.reduce``); without
-  averaging it is accumulated batch by batch on the model's device, with
-  float64 Gram products on a GPU and float32 products (float64 accumulation)
-  on a CPU;
 * points are ordered layer-major, then component, then prompt, then position
-  (or position / prompt alone when averaged); ``Result.arrays`` names are a
-  contract with the views: ``coords``, ``layer``, ``component``, ``position``,
-  ``prompt_index``, ``token_id``, ``norm``, ``explained_variance_ratio``,
-  ``layer_norm_mean``; -1 marks a field that averaging removed.
+  (or position / prompt alone when averaged); component indices are global
+  (``COMPONENTS``) and layers absolute, also when only some are captured;
+* ``Result.arrays`` names are a contract with the views and the re-projection
+  kind: ``coords``, ``layer``, ``component``, ``position``, ``prompt_index``,
+  ``token_id``, ``norm``, ``explained_variance_ratio``, ``layer_norm_mean``
+  (n_layers, 4; NaN for what was not captured), ``states`` (if stored),
+  ``attn_mlp_coords`` / ``attn_mlp_explained`` (when both are captured),
+  ``lens_ids`` / ``lens_probs`` (P, 5; -1 / 0 where the lens was not computed),
+  ``positional_coords`` / ``positional_position`` / ``positional_count`` /
+  ``positional_explained``; -1 marks a field that averaging removed;
+* the logit lens (final norm + unembedding, top 5) is computed in the worker
+  for every point when there are at most ``lens_max_points``, else for a
+  seeded sample of that many (``summary["lens"]`` says which); its token
+  strings are in ``summary["lens"]["tokens"]`` keyed by id.
 """
 
 from __future__ import annotations
@@ -31,9 +42,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor
 
 from latent_atlas.analyses.base import Progress, Result, no_progress
+from latent_atlas.analyses.geometry_points import Points, ReduceOptions, describe
 from latent_atlas.analyses.validation import (
     STATIC_MAX_PROMPTS,
     check_max_tokens,
@@ -43,14 +56,32 @@ from latent_atlas.analyses.validation import (
     context_get,
 )
 from latent_atlas.lm.hooks import COMPONENTS, capture_points, verify_capture
+from latent_atlas.lm.lens import logit_lens
 from latent_atlas.lm.loading import LanguageModel
-from latent_atlas.reduce import PCAAccumulator, PCAFit, pca_fit
+from latent_atlas.reduce import pca_fit
 
-__all__ = ["Average", "GeometryParams", "Reduction", "run_geometry"]
+__all__ = ["Average", "Component", "CorpusInfo", "GeometryParams", "Reduction", "run_geometry"]
 
 Average = Literal["none", "samples", "positions"]
-Reduction = Literal["pca"]  # umap arrives later: add it here and in _reduce
-CAPTURE_SHARE = 0.9  # fraction of the progress bar spent capturing
+Reduction = Literal["pca", "umap"]
+Component = Literal["attn_out", "resid_mid", "mlp_out", "resid_post"]
+CAPTURE_SHARE = 0.75  # fraction of the progress bar spent capturing
+LENS_K = 5
+FLOAT16_MAX = 65_000.0  # a little below float16's 65504
+POSITIONAL_COMPONENT = "resid_post"
+
+
+class CorpusInfo(BaseModel):
+    """Where sampled sequences came from (provenance; the sequences are ``token_ids``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(max_length=300)
+    format: str = Field(max_length=20)
+    documents: int = Field(ge=0)
+    sequences: int = Field(ge=1)
+    tokens_per_sequence: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
 
 
 class GeometryParams(BaseModel):
@@ -60,11 +91,25 @@ class GeometryParams(BaseModel):
 
     model: str = Field(min_length=1, max_length=200)
     prompts: list[str] = Field(min_length=1, max_length=STATIC_MAX_PROMPTS)
+    token_ids: list[list[int]] | None = None  # exact sequences (a sampled corpus); prompts show them
+    corpus: CorpusInfo | None = None
     max_tokens: int = Field(32, ge=1, le=4096)
     unit_normalise: bool = False
     average: Average = "none"
     reduction: Reduction = "pca"
     dims: Literal[2, 3] = 3
+    components: list[Component] = Field(default_factory=lambda: list(COMPONENTS), min_length=1)
+    layer_start: int = Field(0, ge=0, le=4096)
+    layer_stop: int | None = Field(None, ge=1, le=4096)  # exclusive; None: through the last layer
+    exclude_position0: bool = False  # from the fit (the points are still projected and shown)
+    logit_lens: bool = True
+    lens_max_points: int = Field(200_000, ge=0, le=2_000_000)
+    store_states: bool = True
+    states_dtype: Literal["float16", "float32"] = "float16"
+    positional_layer: int | None = Field(None, ge=0, le=4096)
+    umap_neighbors: int = Field(15, ge=2, le=200)
+    umap_min_dist: float = Field(0.1, ge=0.0, le=1.0)
+    umap_fit_points: int = Field(20_000, ge=100, le=200_000)
     batch_size: int = Field(8, ge=1, le=256)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
@@ -88,18 +133,75 @@ class GeometryParams(BaseModel):
         check_max_tokens(value, context_get(info.context, "limits"))
         return value
 
+    @field_validator("components")
+    @classmethod
+    def _components_ok(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("duplicate_component", "components: each component at most once")
+        return [c for c in COMPONENTS if c in value]  # canonical order
+
     @model_validator(mode="after")
-    def _token_budget(self, info: ValidationInfo) -> GeometryParams:
+    def _consistent(self, info: ValidationInfo) -> GeometryParams:
+        if self.layer_stop is not None and self.layer_stop <= self.layer_start:
+            raise PydanticCustomError(
+                "empty_layer_range", "the layer range {start}..{stop} is empty (stop is exclusive)",
+                {"start": self.layer_start, "stop": self.layer_stop})
+        n_layers = context_get(info.context, "n_layers")
+        if n_layers is not None:
+            _check_layers(self, int(n_layers))
+        if self.token_ids is not None:
+            if len(self.token_ids) != len(self.prompts):
+                raise PydanticCustomError(
+                    "token_ids_mismatch", "token_ids has {n} sequences for {p} prompts",
+                    {"n": len(self.token_ids), "p": len(self.prompts)})
+            for index, row in enumerate(self.token_ids, start=1):
+                if not 1 <= len(row) <= self.max_tokens:
+                    raise PydanticCustomError(
+                        "sequence_length", "sequence {index} has {n} tokens; allowed 1 to {limit}",
+                        {"index": index, "n": len(row), "limit": self.max_tokens})
+                if min(row) < 0:
+                    raise PydanticCustomError("negative_token", "sequence {index} has a negative token id",
+                                              {"index": index})
+            return self
         count_tokens = context_get(info.context, "count_tokens")
         if count_tokens is not None:
             check_token_counts(self.prompts, self.max_tokens, count_tokens)
         return self
 
+    def layer_range(self, n_layers: int) -> range:
+        _check_layers(self, n_layers)
+        return range(self.layer_start, n_layers if self.layer_stop is None else self.layer_stop)
 
-def _tokenise(lm: LanguageModel, prompts: list[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
-    full = lm.tokenizer(prompts)["input_ids"]
-    ids = [list(map(int, row[:max_tokens])) for row in full]
-    truncated = [len(row) > max_tokens for row in full]
+    def reduce_options(self) -> ReduceOptions:
+        return ReduceOptions(reduction=self.reduction, dims=self.dims, unit_normalise=self.unit_normalise,
+                             exclude_position0=self.exclude_position0, seed=self.seed,
+                             umap_neighbors=self.umap_neighbors, umap_min_dist=self.umap_min_dist,
+                             umap_fit_points=self.umap_fit_points)
+
+
+def _check_layers(params: Any, n_layers: int) -> None:
+    stop = n_layers if params.layer_stop is None else params.layer_stop
+    if stop > n_layers or params.layer_start >= n_layers:
+        raise PydanticCustomError(
+            "layer_range", "the layer range {start}..{stop} does not fit a model of {n} layers (0..{n})",
+            {"start": params.layer_start, "stop": stop, "n": n_layers})
+    positional = getattr(params, "positional_layer", None)
+    if positional is not None and positional >= n_layers:
+        raise PydanticCustomError(
+            "positional_layer", "positional_layer is {layer}; the model has layers 0..{last}",
+            {"layer": positional, "last": n_layers - 1})
+
+
+def _tokenise(lm: LanguageModel, params: GeometryParams) -> tuple[list[list[int]], list[bool]]:
+    if params.token_ids is not None:
+        vocab = lm.vocab_size
+        for index, row in enumerate(params.token_ids, start=1):
+            if max(row) >= vocab:
+                raise ValueError(f"sequence {index} has token id {max(row)}; the vocabulary has {vocab}")
+        return [list(map(int, row)) for row in params.token_ids], [False] * len(params.token_ids)
+    full = lm.tokenizer(params.prompts)["input_ids"]
+    ids = [list(map(int, row[: params.max_tokens])) for row in full]
+    truncated = [len(row) > params.max_tokens for row in full]
     for index, row in enumerate(ids, start=1):
         if not row:
             raise ValueError(f"prompt {index} has no tokens")
@@ -116,82 +218,210 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return input_ids, mask
 
 
-def _unit(vectors: Tensor | np.ndarray, norms: Tensor | np.ndarray) -> Any:
-    """``vectors / norms`` with zero vectors left at zero."""
-    if isinstance(vectors, Tensor):
-        return vectors / norms.clamp_min(torch.finfo(vectors.dtype).tiny).unsqueeze(-1)
-    return vectors / np.maximum(norms, np.finfo(vectors.dtype).tiny)[..., None]
+class _Lens:
+    """Top-k of the logit lens for the chosen points, written into (P, k) arrays."""
+
+    def __init__(self, lm: LanguageModel, n_points: int, cap: int, enabled: bool, seed: int) -> None:
+        self.lm = lm
+        self.enabled = enabled and cap > 0
+        self.n_points = n_points
+        self.ids = np.full((n_points, LENS_K), -1, dtype=np.int32)
+        self.probs = np.zeros((n_points, LENS_K), dtype=np.float16)
+        self.mask: np.ndarray | None = None  # None: every point
+        self.sampled = False
+        if self.enabled and n_points > cap:
+            rng = np.random.default_rng(seed)
+            self.mask = np.zeros(n_points, dtype=bool)
+            self.mask[rng.choice(n_points, size=cap, replace=False)] = True
+            self.sampled = True
+
+    def add(self, states: Tensor, index: np.ndarray) -> None:
+        """``states`` (n, d) raw, on any device; ``index`` (n,) their point indices."""
+        if not self.enabled:
+            return
+        if self.mask is not None:
+            keep = self.mask[index]
+            if not keep.any():
+                return
+            states = states[torch.from_numpy(keep).to(states.device)]
+            index = index[keep]
+        top_ids, top_probs = logit_lens(self.lm, states, k=LENS_K)
+        k = top_ids.shape[-1]
+        self.ids[index, :k] = top_ids.numpy().astype(np.int32)
+        self.probs[index, :k] = top_probs.numpy().astype(np.float16)
+
+    def summary(self) -> dict[str, Any]:
+        computed = int((self.ids[:, 0] >= 0).sum())
+        unique = np.unique(self.ids[self.ids >= 0])
+        tokens = self.lm.tokenizer.batch_decode([[int(t)] for t in unique]) if len(unique) else []
+        return {
+            "k": LENS_K,
+            "enabled": self.enabled,
+            "computed": computed,
+            "points": self.n_points,
+            "sampled": self.sampled,
+            "method": "final norm + unembedding of the raw state, softmax over the vocabulary",
+            "tokens": {str(int(t)): s for t, s in zip(unique, tokens, strict=True)},
+        }
 
 
-class _Collector:
-    """Receives each batch's capture and keeps only what the averaging mode needs."""
+class _States:
+    """The (P, d) buffer of raw states in the storage dtype; upgrades to float32 if needed."""
 
-    def __init__(self, params: GeometryParams, lm: LanguageModel, n_tokens: list[int]) -> None:
-        self.params = params
-        self.n_layers, self.d_model = lm.n_layers, lm.d_model
+    def __init__(self, n_points: int, d_model: int, dtype: str) -> None:
+        self.array = np.empty((n_points, d_model), dtype=np.float16 if dtype == "float16" else np.float32)
+        self.upgraded = False
+
+    def write(self, index: slice | np.ndarray, values: Tensor) -> None:
+        if self.array.dtype == np.float16 and values.numel() and float(values.abs().max()) > FLOAT16_MAX:
+            self.array = self.array.astype(np.float32)
+            self.upgraded = True
+        target = torch.from_numpy(self.array)
+        values = values.to(device="cpu", dtype=target.dtype)
+        if isinstance(index, slice):
+            target[index].copy_(values)
+        else:
+            target[torch.from_numpy(index)] = values
+
+
+class _Capture:
+    """Runs the batches and keeps what the averaging mode needs."""
+
+    def __init__(self, params: GeometryParams, lm: LanguageModel, ids: list[list[int]],
+                 layers: range, comps: list[int]) -> None:
+        self.params, self.lm, self.ids = params, lm, ids
+        self.layers, self.comps = layers, comps
+        self.n_tokens = [len(row) for row in ids]
+        self.total = sum(self.n_tokens)
+        self.d_model = lm.d_model
         self.device = lm.device
-        self.n_tokens = n_tokens
-        shape = (self.n_layers, len(COMPONENTS))
+        self.blocks = len(layers) * len(comps)
+        self.layer_index = torch.tensor(list(layers), device=self.device)
+        self.comp_index = torch.tensor(comps, device=self.device)
         if params.average == "none":
-            total = sum(n_tokens)
-            self.states = np.empty((*shape, total, self.d_model), dtype=np.float32)
-            self.norms = np.empty((*shape, total), dtype=np.float32)
-            # A GPU does float64 Gram products at no cost; a CPU would spend half a forward on them.
-            self.pca = PCAAccumulator(products="float64" if self.device.type == "cuda" else "float32")
+            self.states = _States(self.blocks * self.total, self.d_model, params.states_dtype)
+            self.norms = np.empty(self.blocks * self.total, dtype=np.float32)
+            self.lens = _Lens(lm, self.blocks * self.total, params.lens_max_points, params.logit_lens,
+                              params.seed)
             self.offset = 0
         elif params.average == "samples":
-            self.sums = torch.zeros((*shape, max(n_tokens), self.d_model), dtype=torch.float64, device=self.device)
+            self.sums = torch.zeros((len(layers), len(comps), max(self.n_tokens), self.d_model),
+                                    dtype=torch.float64, device=self.device)
         else:
-            self.means = np.empty((*shape, len(n_tokens), self.d_model), dtype=np.float32)
+            self.means = torch.zeros((len(layers), len(comps), len(ids), self.d_model),
+                                     dtype=torch.float64, device=self.device)
+        self.positional: _PositionalMeans | None = None
 
     def add(self, capture: Any, mask: Tensor, prompt_start: int) -> None:
         mask = mask.to(self.device)
+        if self.positional is not None:
+            self.positional.add(capture, mask)
         if self.params.average == "none":
-            valid = capture.gather(mask.bool()).float()  # (L, 4, n, D)
-            norms = torch.linalg.vector_norm(valid, dim=-1)
-            if self.params.unit_normalise:
-                valid = _unit(valid, norms)
-            self.pca.update(valid.reshape(-1, self.d_model))
+            valid = capture.gather(mask.bool())  # (L, 4, n, D) in the model dtype
+            valid = valid.index_select(0, self.layer_index).index_select(1, self.comp_index).float()
             n = valid.shape[2]
-            stop = self.offset + n
-            torch.from_numpy(self.states)[:, :, self.offset : stop].copy_(valid)
-            torch.from_numpy(self.norms)[:, :, self.offset : stop].copy_(norms)
-            self.offset = stop
+            flat = valid.reshape(-1, self.d_model)
+            norms = torch.linalg.vector_norm(flat, dim=-1)
+            block_starts = np.arange(self.blocks, dtype=np.int64)[:, None] * self.total
+            index = (block_starts + self.offset + np.arange(n)[None, :]).reshape(-1)
+            self.states.write(index, flat)
+            self.norms[index] = norms.cpu().numpy()
+            self.lens.add(flat, index)
+            self.offset += n
             return
         weights = mask.to(torch.float64).unsqueeze(-1)  # (B, S, 1)
         counts = weights.sum(dim=1)  # (B, 1)
-        for layer, components in enumerate(capture.points):
-            for component, tensor in enumerate(components):
+        for li, layer in enumerate(self.layers):
+            for ci, comp in enumerate(self.comps):
+                tensor = capture.points[layer][comp]
                 masked = tensor.to(torch.float64) * weights
                 if self.params.average == "samples":
-                    self.sums[layer, component, : tensor.shape[1]] += masked.sum(dim=0)
+                    self.sums[li, ci, : tensor.shape[1]] += masked.sum(dim=0)
                 else:
                     rows = slice(prompt_start, prompt_start + tensor.shape[0])
-                    self.means[layer, component, rows] = (masked.sum(dim=1) / counts).float().cpu().numpy()
+                    self.means[li, ci, rows] = masked.sum(dim=1) / counts
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray, PCAAccumulator | None]:
-        """Points (P, D) float32, their norms (P,), and the PCA accumulator if one was kept."""
+    def finish(self) -> tuple[np.ndarray, np.ndarray, _Lens, bool]:
+        """States (P, d) in the storage dtype, norms (P,), the lens, whether float16 overflowed."""
         if self.params.average == "none":
-            return self.states.reshape(-1, self.d_model), self.norms.reshape(-1), self.pca
+            return self.states.array, self.norms, self.lens, self.states.upgraded
         if self.params.average == "samples":
             per_position = np.bincount(
                 np.concatenate([np.arange(n) for n in self.n_tokens]), minlength=max(self.n_tokens)
             )
             counts = torch.as_tensor(per_position, dtype=torch.float64, device=self.device)
-            states = (self.sums / counts[:, None]).float().cpu().numpy()
+            means = (self.sums / counts[:, None]).float()
         else:
-            states = self.means
-        states = states.reshape(-1, self.d_model)
-        norms = np.linalg.norm(states, axis=-1).astype(np.float32)
-        if self.params.unit_normalise:
-            states = _unit(states, norms).astype(np.float32)
-        return states, norms, None
+            means = self.means.float()
+        flat = means.reshape(-1, self.d_model)
+        norms = torch.linalg.vector_norm(flat, dim=-1).cpu().numpy().astype(np.float32)
+        states = _States(flat.shape[0], self.d_model, self.params.states_dtype)
+        states.write(slice(None), flat)
+        lens = _Lens(self.lm, flat.shape[0], self.params.lens_max_points, self.params.logit_lens,
+                     self.params.seed)
+        lens.add(flat, np.arange(flat.shape[0]))
+        return states.array, norms, lens, states.upgraded
 
 
-def _metadata(
-    params: GeometryParams, n_layers: int, ids: list[list[int]]
-) -> dict[str, np.ndarray]:
-    n_components = len(COMPONENTS)
+class _PositionalMeans:
+    """Sum of the ``resid_post`` state per position at one layer, over prompts (float64)."""
+
+    def __init__(self, layer: int, max_len: int, d_model: int, device: torch.device) -> None:
+        self.layer = layer
+        self.sums = torch.zeros((max_len, d_model), dtype=torch.float64, device=device)
+        self.counts = torch.zeros(max_len, dtype=torch.float64, device=device)
+
+    def add(self, capture: Any, mask: Tensor) -> None:
+        tensor = capture.points[self.layer][COMPONENTS.index(POSITIONAL_COMPONENT)]
+        weights = mask.to(torch.float64)
+        width = tensor.shape[1]
+        self.sums[:width] += (tensor.to(torch.float64) * weights.unsqueeze(-1)).sum(dim=0)
+        self.counts[:width] += weights.sum(dim=0)
+
+
+def _positional(lm: LanguageModel, means: _PositionalMeans | None,
+                average: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The positional-structure view: learned position embeddings, or mean states per position."""
+    embedding = lm.adapter.position_embedding_of(lm.model)
+    if embedding is not None:
+        weights = embedding.weight.detach().float().cpu().numpy()
+        fit = pca_fit(weights, min(3, weights.shape[1]))
+        coords = fit.transform(weights)
+        return (
+            {"positional_coords": coords, "positional_position": np.arange(len(weights), dtype=np.int32),
+             "positional_count": np.zeros(len(weights), dtype=np.int32),
+             "positional_explained": fit.explained_variance_ratio.astype(np.float32)},
+            {"kind": "learned", "layer": None, "n_positions": int(len(weights)),
+             "reason": f"{lm.adapter.family} learns a position embedding: its {len(weights)} rows "
+                       "(one per position) projected to 3D by PCA; GPT-2's form a helix."},
+        )
+    assert means is not None
+    counts = means.counts.cpu().numpy()
+    positions = np.flatnonzero(counts > 0)
+    positions = positions[positions > 0]  # position 0's state is an outlier (attention sink)
+    if len(positions) < 4:
+        return {}, {"kind": "none", "layer": means.layer,
+                    "reason": "rotary model: the mean state per position needs prompts of at least "
+                              "5 tokens (position 0 is left out); these prompts are shorter."}
+    mean = (means.sums[positions] / means.counts[positions, None]).float().cpu().numpy()
+    fit = pca_fit(mean, min(3, mean.shape[1]))
+    why = (f"{lm.adapter.family} encodes positions by rotary embeddings inside attention, so there "
+           "is no position-embedding table: shown is the mean {comp} state per position across "
+           f"prompts at layer {means.layer}, projected to 3D by PCA; position 0 (an outlier, the "
+           "attention sink) is left out.").replace("{comp}", POSITIONAL_COMPONENT)
+    if average != "none":
+        why += " Computed from the unaveraged states."
+    return (
+        {"positional_coords": fit.transform(mean), "positional_position": positions.astype(np.int32),
+         "positional_count": counts[positions].astype(np.int32),
+         "positional_explained": fit.explained_variance_ratio.astype(np.float32)},
+        {"kind": "mean_state", "layer": means.layer, "component": POSITIONAL_COMPONENT,
+         "n_positions": int(len(positions)), "reason": why},
+    )
+
+
+def _metadata(params: GeometryParams, layers: range, comps: list[int],
+              ids: list[list[int]]) -> dict[str, np.ndarray]:
     n_tokens = [len(row) for row in ids]
     if params.average == "none":
         position = np.concatenate([np.arange(n) for n in n_tokens]).astype(np.int32)
@@ -205,31 +435,34 @@ def _metadata(
         prompt = np.arange(len(ids), dtype=np.int32)
         position = np.full_like(prompt, -1)
         token = np.full_like(prompt, -1)
-    per_layer = position.shape[0] * n_components
+    per_block = position.shape[0]
+    blocks = len(layers) * len(comps)
     return {
-        "layer": np.repeat(np.arange(n_layers), per_layer).astype(np.int16),
-        "component": np.tile(np.repeat(np.arange(n_components), position.shape[0]), n_layers).astype(np.int8),
-        "position": np.tile(position, n_layers * n_components),
-        "prompt_index": np.tile(prompt, n_layers * n_components),
-        "token_id": np.tile(token, n_layers * n_components),
+        "layer": np.repeat(np.asarray(list(layers)), len(comps) * per_block).astype(np.int16),
+        "component": np.tile(np.repeat(np.asarray(comps), per_block), len(layers)).astype(np.int8),
+        "position": np.tile(position, blocks),
+        "prompt_index": np.tile(prompt, blocks),
+        "token_id": np.tile(token, blocks),
     }
 
 
-def _reduce(params: GeometryParams, states: np.ndarray, accumulator: PCAAccumulator | None) -> PCAFit:
-    if params.reduction == "pca":
-        return accumulator.finalize(params.dims) if accumulator is not None else pca_fit(states, params.dims)
-    raise ValueError(f"unknown reduction {params.reduction!r}")
-
-
 def run_geometry(params: GeometryParams, lm: LanguageModel, progress: Progress = no_progress) -> Result:
-    """Capture, average, normalise and reduce; see the module docstring for the contract."""
-    ids, truncated = _tokenise(lm, params.prompts, params.max_tokens)
+    """Capture, average, store, reduce and describe; see the module docstring for the contract."""
+    try:
+        layers = params.layer_range(lm.n_layers)
+    except PydanticCustomError as exc:
+        raise ValueError(str(exc)) from None
+    comps = [COMPONENTS.index(c) for c in params.components]
+    ids, truncated = _tokenise(lm, params)
     n_tokens = [len(row) for row in ids]
     pad_id = lm.tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has no pad token")
     starts = list(range(0, len(ids), params.batch_size))
-    collector = _Collector(params, lm, n_tokens)
+    capture_state = _Capture(params, lm, ids, layers, comps)
+    positional_layer = params.positional_layer if params.positional_layer is not None else lm.n_layers // 2
+    if lm.adapter.position_embedding is None:
+        capture_state.positional = _PositionalMeans(positional_layer, max(n_tokens), lm.d_model, lm.device)
     hook_error = 0.0
     for number, start in enumerate(starts, start=1):
         progress(CAPTURE_SHARE * (number - 1) / len(starts), f"capturing batch {number}/{len(starts)}")
@@ -239,37 +472,48 @@ def run_geometry(params: GeometryParams, lm: LanguageModel, progress: Progress =
         if first:
             hook_error = verify_capture(lm, capture, mask)
             capture.hidden_states = None
-        collector.add(capture, mask, start)
+        capture_state.add(capture, mask, start)
         del capture
-    progress(CAPTURE_SHARE, f"reducing ({params.reduction}, {params.dims}D)")
-    states, norms, accumulator = collector.finish()
-    fit = _reduce(params, states, accumulator)
-    coords = fit.transform(states)
-    del collector, states
-    arrays = _metadata(params, lm.n_layers, ids)
-    arrays.update(
-        coords=coords.astype(np.float32, copy=False),
-        norm=norms.astype(np.float32, copy=False),
-        explained_variance_ratio=fit.explained_variance_ratio.astype(np.float32),
-        layer_norm_mean=norms.reshape(lm.n_layers, len(COMPONENTS), -1).mean(axis=-1).astype(np.float32),
+    progress(CAPTURE_SHARE, "logit lens and positional structure")
+    states, norms, lens, upgraded = capture_state.finish()
+    positional_means = capture_state.positional
+    del capture_state
+    meta = _metadata(params, layers, comps, ids)
+    points = Points(states=states, norm=norms, **meta)
+    reduced, described = describe(
+        points, params.reduce_options(), lm.n_layers, device=lm.device,
+        progress=lambda f, s: progress(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * 0.95 * f, s),
     )
+    positional_arrays, positional_summary = _positional(lm, positional_means, params.average)
+    arrays: dict[str, np.ndarray] = {**meta, **reduced, "norm": norms, **positional_arrays}
+    if lens.enabled:
+        arrays["lens_ids"], arrays["lens_probs"] = lens.ids, lens.probs
+    if params.store_states:
+        arrays["states"] = states
     tokens = [lm.tokenizer.batch_decode([[token] for token in row]) for row in ids]
     summary: dict[str, Any] = {
         "model": lm.name,
         "components": list(COMPONENTS),
+        "included_components": list(params.components),
+        "layers": [layers.start, layers.stop],
         "n_layers": lm.n_layers,
         "d_model": lm.d_model,
         "n_prompts": len(ids),
-        "n_points": int(coords.shape[0]),
-        "dims": params.dims,
-        "reduction": params.reduction,
         "average": params.average,
-        "unit_normalise": params.unit_normalise,
         "max_tokens": params.max_tokens,
         "tokens": tokens,
         "n_tokens": n_tokens,
         "truncated": truncated,
+        "corpus": params.corpus.model_dump() if params.corpus is not None else None,
         "hook_check_max_abs_error": float(hook_error),
-        "explained_variance_ratio": [float(v) for v in fit.explained_variance_ratio],
+        **described,
+        "lens": lens.summary(),
+        "positional": positional_summary,
+        "states": {
+            "stored": params.store_states,
+            "dtype": str(states.dtype),
+            "bytes": int(states.nbytes),
+            "float16_overflow": upgraded,
+        },
     }
     return Result(arrays=arrays, summary=summary)
