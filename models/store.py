@@ -6,6 +6,8 @@ Invariants:
   ``<root>/<sha256[:2]>/<sha256>.npy``; the name is the hash of the bytes, so
   writing the same array twice (a retried run) writes one file, and a file is
   complete before it is visible (written to a temporary name, then renamed).
+  Writing streams the array in chunks (hashed on the way), so storing a large
+  array needs no second copy of it in memory.
 * ``read_array`` verifies nothing by default (hot path for the web); ``verify``
   re-hashes the bytes and is what integrity checks use.
 """
@@ -40,6 +42,27 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through.
+
+    Not a real file object, so ``np.lib.format.write_array`` writes in 16 MiB
+    chunks through ``write`` instead of one ``tofile``: bytes are identical to
+    ``np.save`` and memory stays bounded.
+    """
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.size += view.nbytes
+        self.handle.write(view)
+        return view.nbytes
+
+
 class ArtifactStore:
     def __init__(self, root_url: str | None = None) -> None:
         self.root_url = (root_url or get_settings().artifact_url).rstrip("/")
@@ -49,17 +72,23 @@ class ArtifactStore:
         return f"{self.root}/{uri}"
 
     def write_array(self, array: np.ndarray) -> StoredArray:
-        data = _npy_bytes(array)
-        digest = hashlib.sha256(data).hexdigest()
+        """Store ``array`` as ``.npy``, streamed: hashed while written, never copied whole in memory."""
+        if array.dtype == object:
+            raise TypeError("object arrays cannot be stored (no pickling)")
+        self.fs.makedirs(self.root, exist_ok=True)
+        tmp = f"{self.root}/.{uuid.uuid4().hex}.npy.tmp"
+        with self.fs.open(tmp, "wb") as handle:
+            writer = _HashingWriter(handle)
+            np.lib.format.write_array(writer, np.ascontiguousarray(array), allow_pickle=False)
+        digest = writer.sha256.hexdigest()
         uri = f"{digest[:2]}/{digest}.npy"
         path = self._path(uri)
-        if not self.fs.exists(path):
+        if self.fs.exists(path):
+            self.fs.rm(tmp)
+        else:
             self.fs.makedirs(f"{self.root}/{digest[:2]}", exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with self.fs.open(tmp, "wb") as handle:
-                handle.write(data)
             self.fs.mv(tmp, path)
-        return StoredArray(uri, str(array.dtype), tuple(array.shape), len(data), digest)
+        return StoredArray(uri, str(array.dtype), tuple(array.shape), writer.size, digest)
 
     def read_bytes(self, uri: str) -> bytes:
         with self.fs.open(self._path(uri), "rb") as handle:

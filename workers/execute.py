@@ -1,5 +1,8 @@
 """Execute one run: claim -> load model -> analysis -> store artifacts -> finish.
 
+A kind with ``needs_model`` false (post-processing on the ``cpu`` queue) gets
+``workers.inputs.StoredRuns`` instead of a model and loads nothing.
+
 The Celery task is a thin wrapper around ``execute_run``. Every way out of a
 claimed run ends in exactly one terminal state written by this worker, unless
 the run stopped being ours (then we write nothing and the owner decides).
@@ -8,10 +11,12 @@ the run stopped being ours (then we write nothing and the owner decides).
 from __future__ import annotations
 
 import logging
+import platform
 import time
 import traceback
 from typing import Any
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
@@ -20,6 +25,7 @@ from latent_atlas.lm import ModelLoadError
 from latent_atlas.settings import get_settings
 from models.store import ArtifactStore
 from workers import lifecycle, model_cache
+from workers.inputs import StoredRuns
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +66,21 @@ def execute_run(run_id: str, worker: str) -> str:
         try:
             kind = get_kind(claim.kind)
             params = kind.params.model_validate(claim.params)
-            progress(0.0, "loading model")
-            started = time.perf_counter()
-            lm = model_cache.get_model(params.model)
-            timings["load_model_s"] = round(time.perf_counter() - started, 4)
-            lifecycle.set_device(run_id, attempt, str(lm.device))
+            if kind.needs_model:
+                progress(0.0, "loading model")
+                started = time.perf_counter()
+                lm = model_cache.get_model(params.model)
+                timings["load_model_s"] = round(time.perf_counter() - started, 4)
+                lifecycle.set_device(run_id, attempt, str(lm.device))
+                source: Any = lm
+                environment: dict[str, Any] = lm.environment()
+            else:  # post-processing of stored runs: no model is loaded
+                lifecycle.set_device(run_id, attempt, "cpu")
+                source = StoredRuns()
+                environment = {"python": platform.python_version(), "numpy": np.__version__}
 
             started = time.perf_counter()
-            result = kind.run(params, lm, progress)
+            result = kind.run(params, source, progress)
             timings["analysis_s"] = round(time.perf_counter() - started, 4)
 
             progress(1.0, "storing results")
@@ -75,7 +88,7 @@ def execute_run(run_id: str, worker: str) -> str:
             store = ArtifactStore()
             stored = {name: store.write_array(array) for name, array in result.arrays.items()}
             timings["store_s"] = round(time.perf_counter() - started, 4)
-            environment: dict[str, Any] = {**lm.environment(), "worker": worker, "attempt": attempt}
+            environment = {**environment, "worker": worker, "attempt": attempt}
             if "seed" in claim.params:
                 environment["seed"] = claim.params["seed"]
             if lifecycle.finish(run_id, attempt, stored, result.summary, timings, environment):

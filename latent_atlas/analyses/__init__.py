@@ -26,10 +26,12 @@ class AnalysisKind:
     params: type[BaseModel]
     run: Callable[[Any, Any, Progress], Result]
     queue: str = "gpu"  # "gpu": needs a model; "cpu": post-processing only
+    # False: ``run(params, runs, progress)`` gets stored runs (``runs.load(run_id, names)``), no model
+    needs_model: bool = True
 
 
 def _registry() -> dict[str, AnalysisKind]:
-    from latent_atlas.analyses import geometry
+    from latent_atlas.analyses import geometry, geometry_reproject
 
     return {
         "geometry": AnalysisKind(
@@ -37,6 +39,14 @@ def _registry() -> dict[str, AnalysisKind]:
             title="Latent-space geometry",
             params=geometry.GeometryParams,
             run=geometry.run_geometry,
+        ),
+        "geometry_reproject": AnalysisKind(
+            name="geometry_reproject",
+            title="Geometry: re-projection of a run's stored states",
+            params=geometry_reproject.ReprojectParams,
+            run=geometry_reproject.run_reproject,
+            queue="cpu",
+            needs_model=False,
         ),
     }
 

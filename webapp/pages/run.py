@@ -143,7 +143,8 @@ def view_part(run) -> Any:
         return dbc.Alert(f"The portal has no view for run kind {run.kind!r} yet; "
                          "use the exports below.", color="info")
     try:
-        return view.render(run, runs_service.load_arrays(run))
+        # A view may name the arrays it draws (``ARRAYS``), so large ones it never shows stay on disk.
+        return view.render(run, runs_service.load_arrays(run, getattr(view, "ARRAYS", None)))
     except Exception as exc:  # a broken artifact must not take the page down
         log.exception("could not render run %s", run.id)
         return dbc.Alert(f"Could not draw this run's view: {type(exc).__name__}: {exc}",
