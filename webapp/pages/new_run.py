@@ -42,7 +42,7 @@ def kind_form(kind: str):
 
 def layout(kind: str | None = None, **_kwargs):
     settings = get_settings()
-    kind = kind if kind in KINDS else next(iter(KINDS))
+    kind = kind if kind in KINDS and KINDS[kind].needs_model else next(iter(KINDS))
     return html.Div(
         [
             dcc.Location(id="new-location", refresh="callback-nav"),
@@ -55,7 +55,8 @@ def layout(kind: str | None = None, **_kwargs):
                                 dbc.Label("Kind"),
                                 dbc.Select(id="new-kind", value=kind,
                                            options=[{"label": k.title, "value": name}
-                                                    for name, k in KINDS.items()]),
+                                                    for name, k in KINDS.items()
+                                                    if k.needs_model]),  # others start from a run
                             ], md=4),
                             dbc.Col([
                                 dbc.Label("Model"),

@@ -23,7 +23,8 @@ from types import ModuleType
 from typing import Any
 
 FIELD_TYPE = "new-run-field"
-VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry"}
+VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry",
+                                "geometry_reproject": "webapp.views.geometry"}
 
 
 class FormError(ValueError):
