@@ -1,333 +1,69 @@
-"""The geometry run kind: its New-run form, figures and run view.
+"""The geometry run kind in the portal: its New-run form; its run view lives in ``geometry_page``.
 
-Figures are pure functions of a run's arrays and summary (no Dash, no
-database): ``layer_evolution_figure(arrays, summary)`` today; the attention vs
-MLP, position-0 norm, positional structure, layer-norm and animation views
-join ``FIGURES`` with the same signature and ``render`` shows them as tabs.
+The view module of kinds ``geometry`` and ``geometry_reproject`` (a re-projection
+is drawn exactly like the run it came from). Figures are pure functions in
+``webapp.views.geometry_figures``; the run page, its linked-selection callbacks,
+the re-projection panel and the "Download HTML" bundle are in
+``webapp.views.geometry_page``.
 
-Every point carries ``customdata = [point index, prompt, position, layer,
-component, norm, token]``, where the point index is the row in the run's
-arrays, so linked views can select points by that index across figures.
+The form takes typed prompts or a corpus file (text: one sequence per line or
+one stream split into windows; JSONL with a ``"text"`` field) from which N
+sequences of M tokens are sampled with the seed, using the chosen model's own
+tokenizer (the web process loads tokenizers, never models), so the run gets
+exact ``token_ids``. A Hugging Face dataset cannot be named here: that needs
+the ``datasets`` library, which the portal does not install.
 
-Invariants: token strings are user-controlled text; in Plotly hover text
-(HTML-ish) they are ``html.escape``d, in Dash components they are plain text
-children. Component IDs of this module start with ``geometry-``.
+Invariants: every form input uses ``field_id(KIND, name)`` and ``value``;
+token strings and prompts are shown as text children or escaped hover text;
+component IDs start with ``geometry-``.
 """
 
 from __future__ import annotations
 
-import html as html_lib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import base64
+import json
+import threading
+from collections.abc import Mapping
 from typing import Any
 
 import dash_bootstrap_components as dbc
-import numpy as np
-import plotly.graph_objects as go
 from dash import Input, Output, callback, dcc, html
 
-from webapp.components import kv_table
+from latent_atlas.analyses.geometry_corpus import (
+    CORPUS_FORMATS,
+    CorpusError,
+    read_corpus,
+    sample_sequences,
+)
 from webapp.views import FormError, field_id
+from webapp.views.geometry_figures import (  # noqa: F401  re-exported for callers and tests
+    COMPONENT_LABELS,
+    COMPONENT_SYMBOLS,
+    COMPONENTS,
+    attention_mlp_figure,
+    axis_titles,
+    layer_evolution_figure,
+    token_text,
+)
+from webapp.views.geometry_page import (  # noqa: F401  the run view
+    ARRAYS,
+    AVERAGE_OPTIONS,
+    FIGURES,
+    POINT_DETAILS_ID,
+    export_figures,
+    point_details,
+    render,
+    summary_rows,
+)
 
 KIND = "geometry"
-COMPONENTS = ("attn_out", "resid_mid", "mlp_out", "resid_post")
-COMPONENT_LABELS = {
-    "attn_out": "attention output",
-    "resid_mid": "residual after attention",
-    "mlp_out": "MLP output",
-    "resid_post": "residual after MLP",
-}
-# Symbols that exist for both Scatter3d and Scattergl.
-COMPONENT_SYMBOLS = {"attn_out": "diamond", "resid_mid": "square", "mlp_out": "x",
-                     "resid_post": "circle"}
-FALLBACK_SYMBOLS = ("circle-open", "square-open", "diamond-open", "cross")
-LAYER_COLORSCALE = "Viridis"
-MAX_POINTS = 150_000  # above this a seeded subsample is drawn (the browser's limit)
-AVERAGE_OPTIONS = {
-    "none": "none",
-    "samples": "over samples (prompts)",
-    "positions": "over positions",
-}
+LAYER_EVOLUTION_ID = FIGURES[0].id
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+UPLOAD_ID = "geometry-corpus-upload"
+UPLOAD_STATUS_ID = "geometry-corpus-status"
 
-LAYER_EVOLUTION_ID = "geometry-layer-evolution"
-POINT_DETAILS_ID = "geometry-point-details"
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def component_names(summary: Mapping[str, Any]) -> list[str]:
-    return list(summary.get("components") or COMPONENTS)
-
-
-def symbol_for(component: str, index: int) -> str:
-    return COMPONENT_SYMBOLS.get(component, FALLBACK_SYMBOLS[index % len(FALLBACK_SYMBOLS)])
-
-
-def token_text(summary: Mapping[str, Any], prompt: int, position: int) -> str:
-    """The raw token string of a point, or a description of what was averaged."""
-    if prompt < 0 and position < 0:
-        return "(mean over prompts and positions)"
-    if prompt < 0:
-        return f"(mean over prompts at position {position})"
-    if position < 0:
-        return f"(mean over positions of prompt {prompt})"
-    tokens = summary.get("tokens") or []
-    try:
-        return str(tokens[prompt][position])
-    except (IndexError, TypeError):
-        return "(unknown token)"
-
-
-def token_label(token: str) -> str:
-    """A token as shown to people: quoted so leading spaces and newlines are visible."""
-    return repr(token) if not token.startswith("(") else token
-
-
-def axis_titles(summary: Mapping[str, Any], explained: np.ndarray | None, dims: int) -> list[str]:
-    """``PC1 (41.2%)`` for PCA (with explained variance), ``UMAP1`` otherwise."""
-    reduction = str(summary.get("reduction") or "pca").lower()
-    prefix = "PC" if reduction == "pca" else reduction.upper()
-    titles = []
-    for i in range(dims):
-        title = f"{prefix}{i + 1}"
-        if explained is not None and i < len(explained) and np.isfinite(explained[i]):
-            title += f" ({100.0 * float(explained[i]):.1f}%)"
-        titles.append(title)
-    return titles
-
-
-def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``max_points`` of ``n`` points (all when few enough)."""
-    if n <= max_points:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=max_points, replace=False))
-
-
-def hover_texts(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any],
-                index: np.ndarray, components: list[str]) -> list[str]:
-    """Escaped hover text of the points at ``index``."""
-    prompts, positions = arrays["prompt_index"], arrays["position"]
-    layers, comps, norms = arrays["layer"], arrays["component"], arrays["norm"]
-    texts = []
-    for i in index:
-        prompt, position = int(prompts[i]), int(positions[i])
-        comp = int(comps[i])
-        comp_name = components[comp] if 0 <= comp < len(components) else str(comp)
-        token = html_lib.escape(token_label(token_text(summary, prompt, position)), quote=False)
-        where = "prompt " + ("mean" if prompt < 0 else str(prompt))
-        where += " · position " + ("mean" if position < 0 else str(position))
-        texts.append(
-            f"{where}<br>token {token}<br>layer {int(layers[i])} · "
-            f"{html_lib.escape(comp_name, quote=False)}<br>norm {float(norms[i]):.4g}"
-        )
-    return texts
-
-
-def point_customdata(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any],
-                     index: np.ndarray, components: list[str]) -> list[list[Any]]:
-    rows = []
-    for i in index:
-        comp = int(arrays["component"][i])
-        prompt, position = int(arrays["prompt_index"][i]), int(arrays["position"][i])
-        rows.append([
-            int(i), prompt, position, int(arrays["layer"][i]),
-            components[comp] if 0 <= comp < len(components) else str(comp),
-            float(arrays["norm"][i]), token_text(summary, prompt, position),
-        ])
-    return rows
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def layer_evolution_figure(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any], *,
-                           max_points: int = MAX_POINTS) -> go.Figure:
-    """Every captured state in the reduced space, coloured by layer, one trace per component.
-
-    3D (``Scatter3d``) when the coordinates have three columns, else 2D
-    (``Scattergl``). Colours share one colour axis titled "layer".
-    """
-    coords = np.asarray(arrays["coords"], dtype=np.float32)
-    dims = int(coords.shape[1]) if coords.ndim == 2 else 0
-    if dims not in (2, 3):
-        raise ValueError(f"coords must have 2 or 3 columns, not shape {coords.shape}")
-    components = component_names(summary)
-    layers = np.asarray(arrays["layer"])
-    comp_idx = np.asarray(arrays["component"])
-    keep = subsample(len(coords), max_points)
-    explained = arrays.get("explained_variance_ratio")
-    titles = axis_titles(summary, None if explained is None else np.asarray(explained), dims)
-    n_layers = int(summary.get("n_layers") or (int(layers.max()) + 1 if len(layers) else 1))
-    marker_size = 3 if dims == 3 else 6
-
-    fig = go.Figure()
-    present = [int(c) for c in np.unique(comp_idx[keep])] if len(keep) else []
-    for comp in present:
-        index = keep[comp_idx[keep] == comp]
-        name = components[comp] if 0 <= comp < len(components) else f"component {comp}"
-        marker = dict(
-            color=layers[index].astype(int).tolist(),
-            coloraxis="coloraxis",
-            symbol=symbol_for(name, comp),
-            size=marker_size,
-            opacity=0.85,
-            line=dict(width=0),
-        )
-        common = dict(
-            name=name,
-            mode="markers",
-            marker=marker,
-            hovertext=hover_texts(arrays, summary, index, components),
-            hoverinfo="text",
-            customdata=point_customdata(arrays, summary, index, components),
-        )
-        if dims == 3:
-            fig.add_trace(go.Scatter3d(x=coords[index, 0], y=coords[index, 1],
-                                       z=coords[index, 2], **common))
-        else:
-            fig.add_trace(go.Scattergl(x=coords[index, 0], y=coords[index, 1], **common))
-
-    fig.update_layout(
-        coloraxis=dict(colorscale=LAYER_COLORSCALE, cmin=0, cmax=max(1, n_layers - 1),
-                       colorbar=dict(title=dict(text="layer"),
-                                     dtick=max(1, int(np.ceil((n_layers - 1) / 10))))),
-        legend=dict(title=dict(text="component"), orientation="h", yanchor="bottom", y=1.0,
-                    x=0.0, itemsizing="constant"),
-        margin=dict(l=0, r=0, t=40, b=0),
-        height=680,
-        template="plotly_white",
-        uirevision="geometry",
-    )
-    if dims == 3:
-        fig.update_layout(scene=dict(xaxis_title=titles[0], yaxis_title=titles[1],
-                                     zaxis_title=titles[2], aspectmode="cube"))
-    else:
-        fig.update_layout(xaxis_title=titles[0], yaxis_title=titles[1])
-        fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    if len(keep) < len(coords):
-        fig.add_annotation(text=f"showing {len(keep):,} of {len(coords):,} points (seeded sample)",
-                           xref="paper", yref="paper", x=1, y=1.0, xanchor="right",
-                           yanchor="bottom", showarrow=False)
-    return fig
-
-
-@dataclass(frozen=True)
-class FigureView:
-    """One tab of the geometry run view."""
-
-    id: str
-    label: str
-    description: str
-    figure: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], go.Figure]
-
-
-FIGURES: list[FigureView] = [
-    FigureView(
-        LAYER_EVOLUTION_ID,
-        "Layer evolution",
-        "Every captured state (four points per block, every token) reduced to "
-        "a shared space; colour is depth, symbol is the point inside the block.",
-        layer_evolution_figure,
-    ),
-]
-
-
-def _tokens_text(n_tokens: Any, truncated: Any) -> str:
-    """``n_tokens`` is a count per prompt (or one total); note prompts cut at max_tokens."""
-    if isinstance(n_tokens, list):
-        text = f"{sum(int(n) for n in n_tokens):,} in {len(n_tokens)} prompts"
-    elif n_tokens is None:
-        text = "—"
-    else:
-        text = f"{int(n_tokens):,}"
-    if isinstance(truncated, list) and any(truncated):
-        text += f" ({sum(bool(t) for t in truncated)} cut at max tokens)"
-    return text
-
-
-def summary_rows(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:
-    """Key facts of a geometry result for the table above the figures."""
-    err = summary.get("hook_check_max_abs_error")
-    coords = arrays.get("coords")
-    return [
-        ("points", f"{int(summary.get('n_points') or (len(coords) if coords is not None else 0)):,}"),
-        ("layers", str(summary.get("n_layers", "—"))),
-        ("hidden size", str(summary.get("d_model", "—"))),
-        ("tokens", _tokens_text(summary.get("n_tokens"), summary.get("truncated"))),
-        ("reduction", f"{str(summary.get('reduction', 'pca')).upper()} to "
-                      f"{summary.get('dims', coords.shape[1] if coords is not None else '—')}D"),
-        ("unit-normalised", "yes" if summary.get("unit_normalise") else "no"),
-        ("averaged", AVERAGE_OPTIONS.get(str(summary.get("average", "none")), str(summary.get("average")))),
-        ("hook check error", "—" if err is None else f"{float(err):.2e}"),
-    ]
-
-
-# --------------------------------------------------------------------------- layout
-
-
-def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
-    """The geometry view of a finished run (called by the run page)."""
-    summary = dict(run.summary or {})
-    missing = [n for n in ("coords", "layer", "component", "position", "prompt_index", "norm")
-               if n not in arrays]
-    if missing:
-        return dbc.Alert(f"This run has no {', '.join(missing)} arrays to draw.", color="warning")
-    tabs = []
-    for view in FIGURES:
-        figure = view.figure(arrays, summary)
-        tabs.append(dbc.Tab(
-            [html.P(view.description, className="text-muted small mt-2 mb-1"),
-             dcc.Graph(id=view.id, figure=figure, config={"displaylogo": False},
-                       className="atlas-graph")],
-            label=view.label, tab_id=f"{view.id}-tab",
-        ))
-    return html.Div(
-        [
-            dbc.Row([
-                dbc.Col(dbc.Tabs(tabs, id="geometry-tabs", active_tab=f"{FIGURES[0].id}-tab"),
-                        lg=9),
-                dbc.Col([
-                    dbc.Card([dbc.CardHeader("Result"),
-                              dbc.CardBody(kv_table(summary_rows(summary, arrays)))],
-                             class_name="mb-3"),
-                    dbc.Card([dbc.CardHeader("Selected point"),
-                              dbc.CardBody(html.P("Click a point to see its token, layer, "
-                                                  "component and norm.",
-                                                  className="text-muted mb-0"),
-                                           id=POINT_DETAILS_ID)]),
-                ], lg=3),
-            ]),
-        ],
-        id="geometry-view",
-    )
-
-
-def point_details(point: Mapping[str, Any] | None) -> Any:
-    """The details panel for one clicked point (``clickData["points"][0]``)."""
-    data = (point or {}).get("customdata")
-    if not isinstance(data, list) or len(data) < 7:
-        return html.P("Click a point to see its token, layer, component and norm.",
-                      className="text-muted mb-0")
-    index, prompt, position, layer, comp, norm, token = data[:7]
-    return kv_table([
-        ("token", html.Code(token_label(str(token)))),
-        ("prompt", "mean" if int(prompt) < 0 else str(prompt)),
-        ("position", "mean" if int(position) < 0 else str(position)),
-        ("layer", str(layer)),
-        ("component", f"{comp} ({COMPONENT_LABELS.get(str(comp), '')})"
-                      if str(comp) in COMPONENT_LABELS else str(comp)),
-        ("norm", f"{float(norm):.6g}"),
-        ("point", str(index)),
-    ])
-
-
-@callback(Output(POINT_DETAILS_ID, "children"), Input(LAYER_EVOLUTION_ID, "clickData"),
-          prevent_initial_call=True)
-def _show_point(click: dict | None):
-    points = (click or {}).get("points") or [None]
-    return point_details(points[0])
+_tokenizer_lock = threading.Lock()
+_tokenizers: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- form
@@ -337,15 +73,47 @@ def form_fields(settings: Any) -> list[Any]:
     """The geometry part of the New-run form (IDs from ``field_id``)."""
     limits = settings.limits
     return [
-        dbc.Label("Prompts"),
-        dbc.Textarea(
-            id=field_id(KIND, "prompts"),
-            rows=7,
-            placeholder="The capital of France is\nThe quick brown fox\nOnce upon a time",
-            class_name="font-monospace",
-        ),
-        dbc.FormText(f"One prompt per line; empty lines are ignored. At most "
-                     f"{limits.max_prompts} prompts of {limits.max_prompt_chars} characters."),
+        dbc.Row([
+            dbc.Col(dbc.Label("Prompts", class_name="mb-1"), width="auto"),
+            dbc.Col(dbc.RadioItems(id=field_id(KIND, "source"), value="prompts", inline=True,
+                                   options=[{"label": "typed", "value": "prompts"},
+                                            {"label": "from a corpus file", "value": "corpus"}]),
+                    width="auto"),
+        ], class_name="g-3 align-items-center"),
+        html.Div([
+            dbc.Textarea(id=field_id(KIND, "prompts"), rows=7,
+                         placeholder="The capital of France is\nThe quick brown fox\nOnce upon a time",
+                         class_name="font-monospace"),
+            dbc.FormText(f"One prompt per line; empty lines are ignored. At most "
+                         f"{limits.max_prompts} prompts of {limits.max_prompt_chars} characters."),
+        ], id="geometry-prompts-part"),
+        html.Div([
+            dcc.Upload(id=UPLOAD_ID, max_size=MAX_UPLOAD_BYTES, multiple=False,
+                       children=html.Div(["Drop a .txt or .jsonl file here, or ", html.A("choose one")]),
+                       className="atlas-upload border rounded p-3 text-center text-muted"),
+            dcc.Input(id=field_id(KIND, "corpus_file"), type="hidden", value=None),
+            html.Div(id=UPLOAD_STATUS_ID, className="small mt-1"),
+            dbc.Row([
+                dbc.Col([dbc.Label("Format", class_name="small mb-0"),
+                         dbc.Select(id=field_id(KIND, "corpus_format"), value="auto", size="sm",
+                                    options=[{"label": "by file name", "value": "auto"}]
+                                    + [{"label": v, "value": k} for k, v in CORPUS_FORMATS.items()])], md=4),
+                dbc.Col([dbc.Label("Sequences (N)", class_name="small mb-0"),
+                         dbc.Input(id=field_id(KIND, "corpus_sequences"), type="number", min=1,
+                                   max=limits.max_prompts, step=1, value=min(32, limits.max_prompts),
+                                   size="sm")], md=3),
+                dbc.Col([dbc.Label("Tokens each (M)", class_name="small mb-0"),
+                         dbc.Input(id=field_id(KIND, "corpus_tokens"), type="number", min=2,
+                                   max=limits.max_tokens_per_prompt, step=1,
+                                   value=min(32, limits.max_tokens_per_prompt), size="sm")], md=3),
+                dbc.Col([dbc.Label("Seed", class_name="small mb-0"),
+                         dbc.Input(id=field_id(KIND, "seed"), type="number", min=0, step=1, value=0,
+                                   size="sm")], md=2),
+            ], class_name="mt-2"),
+            dbc.FormText("N sequences of M tokens are sampled with the seed from the file's token stream "
+                         "(the model's own tokenizer). Naming a Hugging Face dataset is not available: "
+                         "the portal does not install the datasets library."),
+        ], id="geometry-corpus-part", style={"display": "none"}),
         dbc.Row([
             dbc.Col([
                 dbc.Label("Max tokens per prompt", class_name="mt-3"),
@@ -365,10 +133,81 @@ def form_fields(settings: Any) -> list[Any]:
                 dbc.RadioItems(id=field_id(KIND, "dims"), value=3, inline=True,
                                options=[{"label": "3D", "value": 3}, {"label": "2D", "value": 2}]),
                 dbc.Switch(id=field_id(KIND, "unit_normalise"), value=False,
-                           label="Unit-normalise states", class_name="mt-2"),
+                           label="Unit-normalise states", class_name="mt-1"),
             ], md=4),
         ]),
+        html.Details([
+            html.Summary("More options: PCA or UMAP, fit without position 0, components, layers",
+                         className="small text-muted"),
+            dbc.Row([
+                dbc.Col([
+                    dbc.RadioItems(id=field_id(KIND, "reduction"), value="pca", inline=True,
+                                   options=[{"label": "PCA", "value": "pca"},
+                                            {"label": "UMAP", "value": "umap"}], class_name="mt-2"),
+                    dbc.Switch(id=field_id(KIND, "exclude_position0"), value=False,
+                               label="Fit without position 0"),
+                    dbc.Checklist(id=field_id(KIND, "components"), value=list(COMPONENTS),
+                                  options=[{"label": f"{c} ({COMPONENT_LABELS[c]})", "value": c}
+                                           for c in COMPONENTS], class_name="mt-1"),
+                ], md=8),
+                dbc.Col([
+                    dbc.Label("Layers (first, stop)", class_name="mt-2"),
+                    dbc.InputGroup([
+                        dbc.Input(id=field_id(KIND, "layer_start"), type="number", min=0, step=1, value=0),
+                        dbc.Input(id=field_id(KIND, "layer_stop"), type="number", min=1, step=1,
+                                  placeholder="last"),
+                    ], size="sm"),
+                    dbc.FormText("stop is exclusive; empty: through the last layer"),
+                ], md=4),
+            ]),
+        ], className="mt-2", id="geometry-more-options"),
     ]
+
+
+@callback(Output("geometry-prompts-part", "style"), Output("geometry-corpus-part", "style"),
+          Input(field_id(KIND, "source"), "value"))
+def _toggle_source(source):
+    corpus = source == "corpus"
+    return ({"display": "none"} if corpus else {}), ({} if corpus else {"display": "none"})
+
+
+@callback(Output(field_id(KIND, "corpus_file"), "value"), Output(UPLOAD_STATUS_ID, "children"),
+          Input(UPLOAD_ID, "contents"), Input(UPLOAD_ID, "filename"), prevent_initial_call=True)
+def _uploaded(contents, filename):
+    if not contents:
+        return None, html.Span("The file is empty or larger than "
+                               f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB.", className="text-danger")
+    value = json.dumps({"name": str(filename or "corpus"), "contents": contents})
+    try:
+        documents = read_corpus(str(filename or "corpus"), _decode_upload(contents))
+    except CorpusError as exc:
+        return None, html.Span(str(exc), className="text-danger")
+    return value, html.Span(f"{filename}: {len(documents):,} documents", className="text-success",
+                            id="geometry-corpus-ok")
+
+
+def _decode_upload(contents: str) -> bytes:
+    """The bytes of a ``data:...;base64,...`` URL from dcc.Upload."""
+    _, _, payload = str(contents).partition(",")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except ValueError as exc:
+        raise CorpusError(f"the upload could not be decoded ({exc})") from None
+
+
+def _tokenizer(model: str) -> Any:
+    """The catalogue model's tokenizer (cached; the web process never loads weights)."""
+    from latent_atlas.lm import load_tokenizer
+    from latent_atlas.settings import get_settings
+
+    with _tokenizer_lock:
+        if model not in _tokenizers:
+            settings = get_settings()
+            entry = settings.model_source(model)
+            _tokenizers[model] = load_tokenizer(entry.source, gguf_file=entry.gguf_file,
+                                                revision=entry.revision,
+                                                cache_dir=settings.data_dir / "tokenizers")
+        return _tokenizers[model]
 
 
 def parse_prompts(text: str | None) -> list[str]:
@@ -376,42 +215,104 @@ def parse_prompts(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
+def _whole(value: Any) -> int | None:
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(as_float) if as_float.is_integer() else None
+
+
+def _corpus_params(model: str | None, values: Mapping[str, Any], limits: Any,
+                   errors: list[str]) -> dict[str, Any] | None:
+    raw = values.get("corpus_file")
+    if not raw:
+        errors.append("corpus: attach a text or JSONL file")
+        return None
+    n = _whole(values.get("corpus_sequences"))
+    m = _whole(values.get("corpus_tokens"))
+    seed = _whole(values.get("seed") if values.get("seed") not in (None, "") else 0)
+    if n is None or not 1 <= n <= limits.max_prompts:
+        errors.append(f"corpus: the number of sequences must be a whole number from 1 to {limits.max_prompts}")
+    if m is None or not 2 <= m <= limits.max_tokens_per_prompt:
+        errors.append(f"corpus: tokens per sequence must be a whole number from 2 to "
+                      f"{limits.max_tokens_per_prompt}")
+    if seed is None or seed < 0:
+        errors.append("seed: a whole number >= 0")
+    if errors or not model:
+        return None
+    try:
+        upload = json.loads(raw)
+        name = str(upload["name"])
+        fmt = values.get("corpus_format") or "auto"
+        documents = read_corpus(name, _decode_upload(upload["contents"]), None if fmt == "auto" else fmt)
+        tokenizer = _tokenizer(model)
+        sample = sample_sequences(tokenizer, documents, n, m, seed)
+    except CorpusError as exc:
+        errors.append(f"corpus: {exc}")
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        errors.append(f"corpus: the upload could not be read ({exc})")
+        return None
+    except Exception as exc:  # a tokenizer that cannot be loaded
+        errors.append(f"corpus: could not load the tokenizer of {model!r}: {exc}")
+        return None
+    return {
+        "prompts": sample.texts,
+        "token_ids": sample.token_ids,
+        "max_tokens": m,
+        "seed": seed,
+        "corpus": {"source": name[:300], "format": fmt if fmt != "auto" else "by file name",
+                   "documents": sample.n_documents, "sequences": len(sample.token_ids),
+                   "tokens_per_sequence": m, "seed": seed},
+    }
+
+
 def params_from_form(model: str | None, values: Mapping[str, Any], limits: Any) -> dict[str, Any]:
     """Raw geometry params from the form; ``FormError`` lists every problem found."""
     errors: list[str] = []
     if not model:
         errors.append("model: choose a model")
+    source = values.get("source") or "prompts"
     prompts = parse_prompts(values.get("prompts"))
-    if not prompts:
-        errors.append("prompts: enter at least one prompt (one per line)")
-    elif len(prompts) > limits.max_prompts:
-        errors.append(f"prompts: at most {limits.max_prompts} prompts (got {len(prompts)})")
-    for i, prompt in enumerate(prompts):
-        if len(prompt) > limits.max_prompt_chars:
-            errors.append(f"prompts: prompt {i + 1} has {len(prompt)} characters "
-                          f"(at most {limits.max_prompt_chars})")
-    raw_tokens = values.get("max_tokens")
-    max_tokens: int | None = None
-    try:
-        as_float = float(raw_tokens)
-        if as_float.is_integer():
-            max_tokens = int(as_float)
-    except (TypeError, ValueError):
-        pass
-    if max_tokens is None or not 1 <= max_tokens <= limits.max_tokens_per_prompt:
-        errors.append(f"max_tokens: enter a whole number from 1 to {limits.max_tokens_per_prompt}")
+    max_tokens = _whole(values.get("max_tokens"))
+    if source == "prompts":
+        if not prompts:
+            errors.append("prompts: enter at least one prompt (one per line)")
+        elif len(prompts) > limits.max_prompts:
+            errors.append(f"prompts: at most {limits.max_prompts} prompts (got {len(prompts)})")
+        for i, prompt in enumerate(prompts):
+            if len(prompt) > limits.max_prompt_chars:
+                errors.append(f"prompts: prompt {i + 1} has {len(prompt)} characters "
+                              f"(at most {limits.max_prompt_chars})")
+        if max_tokens is None or not 1 <= max_tokens <= limits.max_tokens_per_prompt:
+            errors.append(f"max_tokens: enter a whole number from 1 to {limits.max_tokens_per_prompt}")
+    elif source != "corpus":
+        errors.append("source: typed prompts or a corpus file")
     average = values.get("average") or "none"
     if average not in AVERAGE_OPTIONS:
         errors.append(f"average: must be one of {', '.join(AVERAGE_OPTIONS)}")
-    try:
-        dims = int(values.get("dims") or 3)
-    except (TypeError, ValueError):
-        dims = 0
+    dims = _whole(values.get("dims") or 3)
     if dims not in (2, 3):
         errors.append("dims: must be 2 or 3")
+    reduction = values.get("reduction") or "pca"
+    if reduction not in ("pca", "umap"):
+        errors.append("reduction: PCA or UMAP")
+    components = values.get("components")
+    components = list(COMPONENTS) if components is None else [c for c in COMPONENTS if c in components]
+    if not components:
+        errors.append("components: choose at least one")
+    layer_start = _whole(values.get("layer_start") if values.get("layer_start") not in (None, "") else 0)
+    raw_stop = values.get("layer_stop")
+    layer_stop = None if raw_stop in (None, "") else _whole(raw_stop)
+    if layer_start is None or layer_start < 0:
+        errors.append("layers: the first layer is a whole number >= 0")
+    if raw_stop not in (None, "") and (layer_stop is None or layer_stop <= (layer_start or 0)):
+        errors.append("layers: stop must be a whole number above the first layer (or empty)")
+    corpus = _corpus_params(model, values, limits, errors) if source == "corpus" else None
     if errors:
         raise FormError(errors)
-    return {
+    params: dict[str, Any] = {
         "model": model,
         "prompts": prompts,
         "max_tokens": max_tokens,
@@ -419,3 +320,11 @@ def params_from_form(model: str | None, values: Mapping[str, Any], limits: Any) 
         "average": average,
         "dims": dims,
     }
+    extra = {"reduction": reduction, "components": components, "layer_start": layer_start,
+             "layer_stop": layer_stop, "exclude_position0": bool(values.get("exclude_position0"))}
+    defaults = {"reduction": "pca", "components": list(COMPONENTS), "layer_start": 0, "layer_stop": None,
+                "exclude_position0": False}
+    params.update({k: v for k, v in extra.items() if v != defaults[k]})  # only what differs
+    if corpus is not None:
+        params.update(corpus)
+    return params
