@@ -279,6 +279,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    """Static export of a geometry run: one HTML file per view + index (+ PNGs), from the database."""
+    from latent_atlas.render import PngUnavailable, write_bundle
+    from webapp import runs_service
+    from webapp.views import geometry_page
+
+    try:
+        run = runs_service.get_run(args.run_id)
+    except runs_service.RunNotFound:
+        _log(f"error: no run {args.run_id}")
+        return 2
+    if run.kind not in ("geometry", "geometry_reproject"):
+        _log(f"error: run {run.id} is a {run.kind} run; render draws geometry runs")
+        return 2
+    if run.status != "succeeded":
+        _log(f"error: run {run.id} is {run.status}; only a succeeded run has views to render")
+        return 2
+    summary = dict(run.summary or {})
+    arrays = runs_service.load_arrays(run, geometry_page.ARRAYS)
+    output = Path(args.output or f"latent-atlas-{run.id}")
+    views = geometry_page.export_figures(arrays, summary)
+    title = f"Latent Atlas run {run.id}" + (f": {run.title}" if run.title else "")
+    try:
+        files = write_bundle(views, output, title=title,
+                             subtitle=geometry_page.bundle_subtitle(run.id, summary), png=not args.no_png)
+    except PngUnavailable as exc:
+        files = exc.written
+        _log(f"warning: {exc}")
+    for path in files:
+        _log(str(path))
+    _log(f"open {output / 'index.html'}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------
 
 
@@ -326,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-dispatch undelivered runs, reap stale ones (once)")
     sweep.set_defaults(func=cmd_sweep)
+
+    render = sub.add_parser("render", help="write a geometry run's views as self-contained HTML (+ PNG)")
+    render.add_argument("run_id")
+    render.add_argument("--output", help="directory (default: latent-atlas-RUN_ID)")
+    render.add_argument("--no-png", action="store_true", help="HTML only (PNGs need Chromium)")
+    render.set_defaults(func=cmd_render)
 
     for name, func, helptext in (("submit", cmd_submit, "submit a run through the API"),
                                  ("export", cmd_export, "download a run's data through the API")):
