@@ -348,3 +348,33 @@ def test_summary_carries_separation_and_norm_statistics(tiny_gpt2: LanguageModel
     assert stats["position0_ratio"][1][3] == pytest.approx(expected, rel=1e-5)
     assert set(stats["growth"]) == set(COMPONENTS)
     assert json.loads(json.dumps(result.summary)) == result.summary
+
+
+def _hub_reachable() -> bool:
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _hub_reachable(), reason="needs the Hugging Face hub (real GPT-2 weights)")
+def test_real_gpt2_position_embeddings_form_a_helix() -> None:
+    lm = load_model("openai-community/gpt2", name="gpt2")
+    result = run_geometry(_params(prompts=["Hello world"], logit_lens=False, layer_start=11), lm)
+    coords = result.arrays["positional_coords"].astype(np.float64)
+    assert coords.shape == (1024, 3)
+    steps = np.linalg.norm(np.diff(coords, axis=0), axis=1)
+    spread = np.linalg.norm(coords - coords.mean(axis=0), axis=1).mean()
+    assert np.median(steps) < 0.1 * spread  # a smooth curve through the positions
+    # ... that winds: around some axis, the angle of the other two coordinates turns > pi.
+    turns = []
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        angle = np.unwrap(np.arctan2(coords[:, b], coords[:, a]))
+        turns.append(abs(angle[-1] - angle[0]))
+    assert max(turns) > np.pi
