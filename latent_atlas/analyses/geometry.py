@@ -30,9 +30,10 @@ position 0) and computes the statistics the views show. Invariants:
   ``positional_coords`` / ``positional_position`` / ``positional_count`` /
   ``positional_explained``; -1 marks a field that averaging removed;
 * the logit lens (final norm + unembedding, top 5) is computed in the worker
-  for every point when there are at most ``lens_max_points``, else for a
-  seeded sample of that many (``summary["lens"]`` says which); its token
-  strings are in ``summary["lens"]["tokens"]`` keyed by id.
+  for every point when there are at most ``lens_max_points`` (at most
+  ``LENS_CPU_MAX_POINTS`` on a CPU), else for a seeded sample of that many
+  (``summary["lens"]`` says which and the cap); its token strings are in
+  ``summary["lens"]["tokens"]`` keyed by id.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ Reduction = Literal["pca", "umap"]
 Component = Literal["attn_out", "resid_mid", "mlp_out", "resid_post"]
 CAPTURE_SHARE = 0.75  # fraction of the progress bar spent capturing
 LENS_K = 5
+LENS_CPU_MAX_POINTS = 20_000  # on a CPU the lens costs ~5 ms a point (d_model x vocab products)
 FLOAT16_MAX = 65_000.0  # a little below float16's 65504
 POSITIONAL_COMPONENT = "resid_post"
 
@@ -223,6 +225,9 @@ class _Lens:
 
     def __init__(self, lm: LanguageModel, n_points: int, cap: int, enabled: bool, seed: int) -> None:
         self.lm = lm
+        if lm.device.type == "cpu":
+            cap = min(cap, LENS_CPU_MAX_POINTS)
+        self.cap = cap
         self.enabled = enabled and cap > 0
         self.n_points = n_points
         self.ids = np.full((n_points, LENS_K), -1, dtype=np.int32)
@@ -260,6 +265,7 @@ class _Lens:
             "computed": computed,
             "points": self.n_points,
             "sampled": self.sampled,
+            "max_points": self.cap,
             "method": "final norm + unembedding of the raw state, softmax over the vocabulary",
             "tokens": {str(int(t)): s for t, s in zip(unique, tokens, strict=True)},
         }

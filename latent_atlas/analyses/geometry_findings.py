@@ -21,7 +21,10 @@ import numpy as np
 
 from latent_atlas.analyses.base import Result
 
-__all__ = ["FINDINGS_PROMPTS", "findings"]
+__all__ = ["FINDINGS_OPTIONS", "FINDINGS_PROMPTS", "findings"]
+
+# As in the paper's figures: directions, not lengths (position 0's outlier norm would dominate).
+FINDINGS_OPTIONS = {"unit_normalise": True, "exclude_position0": True}
 
 FINDINGS_PROMPTS = [
     "The capital of France is",

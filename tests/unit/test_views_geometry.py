@@ -407,3 +407,13 @@ def test_upload_callback_reports_bad_files():
     assert json.loads(ok_value)["name"] == "x.txt" and "2 documents" in str(ok_status)
     value, status = geometry._uploaded("data:text/plain;base64,", "empty.txt")
     assert value is None and "empty" in str(status)
+
+
+def test_hiding_position0_leaves_out_those_points():
+    arrays, summary = synthetic()
+    fig = gf.layer_evolution_figure(arrays, summary, hide_position0=True)
+    rows = [int(i) for t in fig.data[:4] for i in t.customdata]
+    assert rows and all(arrays["position"][r] != 0 for r in rows)
+    assert any(a.text == "position 0 hidden" for a in fig.layout.annotations)
+    attn = gf.attention_mlp_figure(arrays, summary, hide_position0=True)
+    assert all(arrays["position"][int(r)] != 0 for t in attn.data[:2] for r in t.customdata)

@@ -196,24 +196,37 @@ def _colour_values(arrays: Arrays, mode: str, index: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown colour mode {mode!r} (known: {', '.join(COLOR_MODES)})")
 
 
+def _shown(arrays: Arrays, candidates: np.ndarray, layers: tuple[int, int] | None,
+           hide_position0: bool, layer_of: np.ndarray | None = None,
+           position_of: np.ndarray | None = None) -> np.ndarray:
+    """``candidates`` left after the layer filter and (optionally) hiding position 0."""
+    layer = np.asarray(arrays["layer"])[candidates] if layer_of is None else layer_of
+    keep = np.ones(len(candidates), dtype=bool)
+    if layers is not None:
+        keep &= (layer >= layers[0]) & (layer <= layers[1])
+    if hide_position0:
+        position = np.asarray(arrays["position"])[candidates] if position_of is None else position_of
+        keep &= position != 0
+    return candidates[keep]
+
+
 def layer_evolution_figure(arrays: Arrays, summary: Summary, *, color_by: str = "layer",
-                           layers: tuple[int, int] | None = None,
+                           layers: tuple[int, int] | None = None, hide_position0: bool = False,
                            max_points: int = MAX_POINTS) -> go.Figure:
     """Every captured state in the reduced space, one trace per component (marker shape).
 
     Colour is depth by default (``color_by``: layer, component, position, norm,
-    prompt); ``layers=(first, last)`` shows only those layers (inclusive).
+    prompt); ``layers=(first, last)`` shows only those layers (inclusive);
+    ``hide_position0`` leaves out the points at position 0 (whose outlier norms
+    can squash the rest; they stay in the fit unless the run excluded them).
     3D (``Scatter3d``) when the coordinates have three columns, else ``Scattergl``.
     """
     if color_by not in COLOR_MODES:
         raise ValueError(f"unknown colour mode {color_by!r} (known: {', '.join(COLOR_MODES)})")
     coords, dims = _coords(arrays)
     components = component_names(summary)
-    layer = np.asarray(arrays["layer"])
     comp_idx = np.asarray(arrays["component"])
-    candidates = np.arange(len(coords))
-    if layers is not None:
-        candidates = candidates[(layer >= layers[0]) & (layer <= layers[1])]
+    candidates = _shown(arrays, np.arange(len(coords)), layers, hide_position0)
     keep = subsample(candidates, max_points)
     explained = arrays.get("explained_variance_ratio")
     titles = axis_titles(summary, None if explained is None else np.asarray(explained), dims)
@@ -256,6 +269,9 @@ def layer_evolution_figure(arrays: Arrays, summary: Summary, *, color_by: str = 
         fig.update_layout(xaxis_title=titles[0], yaxis_title=titles[1])
         fig.update_yaxes(scaleanchor="x", scaleratio=1)
     _note(fig, len(keep), len(candidates))
+    if hide_position0:
+        fig.add_annotation(text="position 0 hidden", xref="paper", yref="paper", x=0, y=0,
+                           xanchor="left", yanchor="bottom", showarrow=False, font=dict(size=11))
     return _finish(fig, "layer_evolution")
 
 
@@ -288,7 +304,7 @@ def separation_text(summary: Summary) -> str:
 
 
 def attention_mlp_figure(arrays: Arrays, summary: Summary, *, layers: tuple[int, int] | None = None,
-                         max_points: int = MAX_POINTS) -> go.Figure:
+                         hide_position0: bool = False, max_points: int = MAX_POINTS) -> go.Figure:
     """2D scatter of the attention (blue) and MLP (red) outputs, with separation per layer beside it."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.08,
                         subplot_titles=("attention vs MLP outputs (2D PCA of these two)",
@@ -299,9 +315,8 @@ def attention_mlp_figure(arrays: Arrays, summary: Summary, *, layers: tuple[int,
         rows = attn_mlp_index(arrays)
         comp = np.asarray(arrays["component"])[rows]
         layer = np.asarray(arrays["layer"])[rows]
-        local = np.arange(len(rows))
-        if layers is not None:
-            local = local[(layer >= layers[0]) & (layer <= layers[1])]
+        local = _shown(arrays, np.arange(len(rows)), layers, hide_position0, layer_of=layer,
+                       position_of=np.asarray(arrays["position"])[rows])
         total = len(local)
         keep = subsample(local, max_points)
         for value, name, colour in ((ATTN, "attention (attn_out)", ATTN_COLOUR),
@@ -366,8 +381,8 @@ def position0_figure(arrays: Arrays, summary: Summary) -> go.Figure:
                                  name=f"{name} · ratio", legendgroup=name, showlegend=False,
                                  line=dict(color=colour)), row=2, col=1)
     fig.add_trace(_highlight_trace(2, xaxis="x", yaxis="y"))
-    fig.update_yaxes(type="log", title_text="mean L2 norm", row=1, col=1)
-    fig.update_yaxes(type="log", title_text="ratio", row=2, col=1)
+    fig.update_yaxes(type="log", dtick=1, title_text="mean L2 norm", row=1, col=1)
+    fig.update_yaxes(type="log", dtick=1, title_text="ratio", row=2, col=1)
     fig.update_xaxes(title_text="layer", row=2, col=1)
     _layout(fig, title=dict(text=position0_text(stats["ratio"], stats["overall"], components), x=0.0,
                             font=dict(size=14)),
@@ -466,7 +481,7 @@ def layer_norms_figure(arrays: Arrays, summary: Summary, *, log: bool = True) ->
             xaxis_title="layer", yaxis_title="mean L2 norm" + (" (log)" if log else ""),
             legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.0))
     if log:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(type="log", dtick=1)
     return _finish(fig, "layer_norms")
 
 

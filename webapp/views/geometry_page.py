@@ -56,6 +56,7 @@ DETAILS_ID = "geometry-point-details"
 POINT_DETAILS_ID = DETAILS_ID
 COLOR_ID = "geometry-color-by"
 LAYERS_ID = "geometry-layers-shown"
+HIDE0_ID = "geometry-hide-position0"
 
 
 @dataclass(frozen=True)
@@ -285,8 +286,9 @@ def _view_options(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) 
                  dcc.RangeSlider(id=LAYERS_ID, min=lo, max=hi, step=1, value=[lo, hi],
                                  marks=None, tooltip={"placement": "bottom", "always_visible": False},
                                  allowCross=False)], md=6),
-        dbc.Col(html.Small("No model is run for these: the stored projection is redrawn.",
-                           className="text-muted"), md=3),
+        dbc.Col([dbc.Switch(id=HIDE0_ID, value=False, label="hide position 0", class_name="small mb-0"),
+                 html.Small("No model is run for these: the stored projection is redrawn.",
+                            className="text-muted")], md=3),
     ], class_name="mb-2 align-items-end")
 
 
@@ -436,15 +438,17 @@ def _highlight(selection, run_info, highlight_index):
     Output(ATTN_MLP_ID, "figure", allow_duplicate=True),
     Input(COLOR_ID, "value"),
     Input(LAYERS_ID, "value"),
+    Input(HIDE0_ID, "value"),
     State(RUN_STORE_ID, "data"),
     State(SELECTION_ID, "data"),
     prevent_initial_call=True,
 )
-def _redraw(color_by, layers, run_info, selection):
+def _redraw(color_by, layers, hide0, run_info, selection):
     summary, arrays, _ = _run_data((run_info or {})["run"])
     shown = (int(layers[0]), int(layers[1])) if layers else None
-    evolution = gf.layer_evolution_figure(arrays, summary, color_by=color_by or "layer", layers=shown)
-    attn = gf.attention_mlp_figure(arrays, summary, layers=shown)
+    evolution = gf.layer_evolution_figure(arrays, summary, color_by=color_by or "layer", layers=shown,
+                                          hide_position0=bool(hide0))
+    attn = gf.attention_mlp_figure(arrays, summary, layers=shown, hide_position0=bool(hide0))
     for fig, kind in ((evolution, "layer_evolution"), (attn, "attention_mlp")):
         fig.data[fig.layout.meta["highlight_trace"]].update(gf.highlight(kind, arrays, summary, selection or []))
     return evolution, attn
