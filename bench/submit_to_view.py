@@ -15,7 +15,6 @@ from datetime import datetime
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from _portal import demo_portal
@@ -29,6 +28,11 @@ PROMPTS = [
     "Language models map every token to a point in a high dimensional space, and the geometry "
     "of those points changes from one layer to the next in ways we can measure",
 ]
+
+
+# The layer-evolution plot counts as rendered once Plotly has drawn its traces.
+DRAWN = ("const g = document.querySelector('#geometry-layer-evolution .js-plotly-plot');"
+         "return Boolean(g && g._fullData && g._fullData.length);")
 
 
 def browser() -> webdriver.Chrome:
@@ -57,9 +61,11 @@ def main(repeats: int = 3) -> None:
             started = time.time()
             run = portal.submit(token, params)
             driver.get(f"{portal.url}/runs/{run['id']}")
-            WebDriverWait(driver, 300).until(
-                ec.presence_of_element_located((By.CSS_SELECTOR, "#geometry-layer-evolution .main-svg"))
-            )
+            try:
+                WebDriverWait(driver, 300, poll_frequency=0.2).until(lambda d: d.execute_script(DRAWN))
+            except Exception:
+                driver.save_screenshot("/tmp/submit_to_view-timeout.png")
+                raise
             drawn = time.time()
             detail = portal.api("GET", f"/api/runs/{run['id']}", token).json()
             claimed = datetime.fromisoformat(detail["started_at"]).timestamp()
