@@ -31,7 +31,7 @@ class AnalysisKind:
 
 
 def _registry() -> dict[str, AnalysisKind]:
-    from latent_atlas.analyses import geometry, geometry_reproject
+    from latent_atlas.analyses import geometry, geometry_reproject, grid
 
     return {
         "geometry": AnalysisKind(
@@ -47,6 +47,13 @@ def _registry() -> dict[str, AnalysisKind]:
             run=geometry_reproject.run_reproject,
             queue="cpu",
             needs_model=False,
+        ),
+        "grid": AnalysisKind(
+            name="grid",
+            title="Token map of a layer (grid)",
+            params=grid.GridParams,
+            run=grid.run_grid,
+            queue="gpu",
         ),
     }
 

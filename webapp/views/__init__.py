@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 FIELD_TYPE = "new-run-field"
-VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry",
+VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry", "grid": "webapp.views.grid",
                                 "geometry_reproject": "webapp.views.geometry"}
 
 
