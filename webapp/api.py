@@ -1,5 +1,9 @@
 """The JSON API (``/api``): submit, list, show, cancel and export runs.
 
+Grid runs also export their token map: ``/api/runs/<id>/grid.json`` and
+``/api/runs/<id>/grid.png`` (``?color=token|probability|entropy``, ``?cell=``
+pixels per cell); see ``webapp.views.grid``.
+
 Errors are JSON ``{"error": ..., "messages": [...]}`` with a 4xx status; a
 malformed body is a 400, never a stack trace.
 """
@@ -7,6 +11,7 @@ malformed body is a 400, never a stack trace.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 from flask import Blueprint, Response, jsonify, request
@@ -122,4 +127,54 @@ def export(run_id: str):
         data,
         mimetype=mime,
         headers={"Content-Disposition": f'attachment; filename="latent-atlas-{run.id}.{ext}"'},
+    )
+
+
+def _grid_problem(run):
+    """An error response when ``run`` has no token map (wrong kind, not finished), else None."""
+    if run.kind != "grid":
+        return _error(400, f"run {run.id} is a {run.kind} run; token maps exist for grid runs only")
+    if run.status != "succeeded":
+        return _error(409, f"run {run.id} is {run.status}; its token map exists once it has succeeded")
+    return None
+
+
+@api.get("/runs/<run_id>/grid.json")
+def grid_json(run_id: str):
+    from webapp.views import grid as grid_view
+
+    run = runs_service.get_run(run_id)
+    problem = _grid_problem(run)
+    if problem is not None:
+        return problem
+    arrays = runs_service.load_arrays(run)
+    data = grid_view.GridData.from_arrays(run.id, run.summary or {}, run.params or {}, arrays)
+    document = grid_view.export_document(data, runs_service.run_summary(run), arrays)
+    return Response(
+        json.dumps(document, separators=(",", ":")),
+        mimetype="application/json",
+        headers={"Content-Disposition": f'attachment; filename="latent-atlas-{run.id}-grid.json"'},
+    )
+
+
+@api.get("/runs/<run_id>/grid.png")
+def grid_png(run_id: str):
+    from webapp.views import grid as grid_view
+
+    run = runs_service.get_run(run_id)
+    problem = _grid_problem(run)
+    if problem is not None:
+        return problem
+    mode = request.args.get("color", "token")
+    if mode not in grid_view.COLOR_MODES:
+        return _error(400, f"color must be one of {', '.join(grid_view.COLOR_MODES)}")
+    data = grid_view.load_grid(run.id)
+    try:
+        cell = grid_view.png_cell_px(data.n, request.args.get("cell"))
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return Response(
+        grid_view.token_map_png(data, mode, cell),
+        mimetype="image/png",
+        headers={"Content-Disposition": f'attachment; filename="latent-atlas-{run.id}-grid-{mode}.png"'},
     )
