@@ -155,18 +155,14 @@ def baseline_top1(lm: LanguageModel, layer: int, size: int, spacing: float,
     return top1.reshape(size, size)
 
 
-def softmax_floor(lm: LanguageModel, cells: int, chunk: int = 16) -> float:
+def softmax_floor(lm: LanguageModel, cells: int, clock: Clock, chunk: int = 16) -> float:
     """Seconds for one bare softmax over the vocabulary per cell, arranged like the fast path:
     in-cache chunks of ``chunk`` rows, on as many single-threaded worker threads as torch has
     threads (on a GPU: one softmax over all cells' logits, in batches of 4096)."""
     if lm.device.type == "cuda":
         logits = torch.randn(4096, lm.vocab_size, device=lm.device) * 4
-        torch.cuda.synchronize(lm.device)
-        start = time.perf_counter()
-        for _ in range(0, cells, 4096):
-            torch.softmax(logits, dim=-1)
-        torch.cuda.synchronize(lm.device)
-        return time.perf_counter() - start
+        seconds, _ = clock.time(lambda: [torch.softmax(logits, dim=-1) for _ in range(0, cells, 4096)])
+        return seconds
     threads = torch.get_num_threads()
     local = threading.local()
 
@@ -180,9 +176,7 @@ def softmax_floor(lm: LanguageModel, cells: int, chunk: int = 16) -> float:
 
     with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         list(pool.map(job, [64] * threads))  # warm up
-        start = time.perf_counter()
-        list(pool.map(job, [64] * (cells // 64)))
-        seconds = time.perf_counter() - start
+        seconds, _ = clock.time(lambda: list(pool.map(job, [64] * (cells // 64))))
     torch.set_num_threads(threads)
     return seconds
 
@@ -260,7 +254,7 @@ def section_last(lm: LanguageModel, clock: Clock, args: argparse.Namespace) -> N
     )
     real_top1 = result.arrays["top_ids"][..., 0]
     agree = float((real_top1 == base_top1).mean())
-    floor = softmax_floor(lm, size * size)
+    floor = softmax_floor(lm, size * size, clock)
     print(f"baseline (1000/batch, matmul + full softmax + top-1): {base_s:8.2f} s")
     print(f"real (fast path={result.summary['fast_path']}, top-5 + entropy): {real_s:8.2f} s   "
           f"speed-up {base_s / real_s:5.2f}x   cells/s {size * size / real_s:,.0f}")

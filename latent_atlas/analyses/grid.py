@@ -27,8 +27,15 @@ next-token distribution. Invariants:
 * bounds that need the model (layer range, token positions) are checked at
   the start of ``run_grid`` with a clear ``ValueError`` before any cell runs;
   everything else is checked by ``GridParams`` before the run is queued;
-* token strings go to the summary only (``tokens``: top-1 ids; ``topk_tokens``:
-  the other ids in the top-k when there are at most ``MAX_TOPK_TOKENS``).
+* token strings go to the summary only, keyed by the id as a string
+  (``tokens``: every top-1 id; ``topk_tokens``: the other ids in the top-k,
+  when there are at most ``MAX_TOPK_TOKENS`` of them);
+* ``through_states`` also returns ``state_coords`` (3, 2): the plane
+  coordinates (0, 0), (1, 0), (0, 1) of the three states, and ``state_cells``
+  (3, 2): their grid indices ``(i, j)``, or ``(-1, -1)`` when the spacing and
+  centre do not put that state on a grid point;
+* on a CPU the cells of a batch are split into jobs run by single-threaded
+  worker threads (see ``_Workers``); torch's thread count is restored after.
 """
 
 from __future__ import annotations
@@ -460,12 +467,12 @@ def reduce_logits(
 
 
 class _AffineReducer:
-    """Top-k and entropy straight from the fast path, two small matrix products per chunk.
+    """Top-k and entropy straight from the fast path: two rank-5 products per chunk.
 
     With ``basis5 = [a; b; e; bias; 1]`` (5, V) and ``coef = [1/s, x/s, y/s, 1, -m]``
-    one product gives the logits shifted by any ``m``; after the top-k gives
-    the row maximum ``m``, a second product gives ``z = l - m`` directly, and
-    ``sum(e * z) = coef . (basis5 @ e^T)`` replaces a pass over the row.
+    one product gives the logits shifted by any ``m``: first with ``m = 0`` for
+    the top-k (which gives the row maximum), then with the maximum, which
+    writes ``z = l - m`` directly instead of a read-modify-write pass.
     """
 
     def __init__(self, fast: AffineReadout) -> None:
@@ -473,26 +480,27 @@ class _AffineReducer:
         ones = torch.ones((1, vocab), dtype=torch.float32, device=fast.basis.device)
         self.fast = fast
         self.basis5 = torch.cat([fast.basis, fast.bias.unsqueeze(0), ones]).contiguous()
-        self.buffer: Tensor | None = None
+        self.buffers: tuple[Tensor, Tensor] | None = None
 
     def __call__(self, x: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         rows = x.shape[0]
-        if self.buffer is None or self.buffer.shape[0] < rows:
-            self.buffer = None
-            self.buffer = torch.empty((rows, self.basis5.shape[1]), dtype=torch.float32,
-                                      device=self.basis5.device)
+        if self.buffers is None or self.buffers[0].shape[0] < rows:
+            self.buffers = None
+            shape = (rows, self.basis5.shape[1])
+            device = self.basis5.device
+            self.buffers = (torch.empty(shape, device=device), torch.empty(shape, device=device))
+        z, e = self.buffers[0][:rows], self.buffers[1][:rows]
         coef3 = self.fast.coefficients(x, y)
         coef = torch.zeros((rows, 5), dtype=torch.float32, device=coef3.device)
         coef[:, :3] = coef3
         coef[:, 3] = 1.0
-        z = self.buffer[:rows]
         torch.mm(coef, self.basis5, out=z)
         top_v, top_i = topk_rows(z, k)
         coef[:, 4] = -top_v[:, 0]
         torch.mm(coef, self.basis5, out=z)
-        z.clamp_(min=EXP_FLOOR).exp_()
-        total = z.sum(dim=1)
-        weighted = (torch.mm(self.basis5, z.T).T * coef).sum(dim=1)  # (5, V) @ (V, rows): the fast layout
+        torch.exp(z.clamp_(min=EXP_FLOOR), out=e)
+        total = e.sum(dim=1)
+        weighted = _row_dots(e, z)
         entropy = (torch.log(total) - weighted / total).clamp_min_(0.0)
         probs = torch.exp(top_v - top_v[:, :1]) / total.unsqueeze(1)
         return top_i, probs, entropy
@@ -692,7 +700,7 @@ def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_prog
     if plane.d_model != lm.d_model:
         raise ValueError(f"the plane has width {plane.d_model}, the model {lm.d_model}")
     context = None
-    if context_ids is not None:
+    if context_ids is not None and params.layer < n_layers:  # at L no block reads the context
         progress(0.02, "computing the context's keys and values")
         context = compute_context(lm, context_ids, compute_dtype=compute_dtype)
     plane_seconds = time.perf_counter() - began
@@ -827,8 +835,8 @@ def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_prog
         "weights_dtype": str(lm.dtype).removeprefix("torch."),
         "device": str(lm.device),
         "batch_sizes": batch_sizes,
-        "position": 0 if context is None else context.position,
-        "context_tokens": 0 if context is None else len(context.input_ids),
+        "position": 0 if context_ids is None else len(context_ids) - 1,
+        "context_tokens": 0 if context_ids is None else len(context_ids),
         "tokens": tokens,
         "topk_tokens": topk_tokens,
         "topk_tokens_complete": topk_complete,

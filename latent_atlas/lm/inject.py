@@ -9,7 +9,11 @@ returns the logits (B, V) of that one batch. Invariants:
 * the model is never modified: no hooks, no weights, no cache is mutated;
 * without a prefix, each row is a sequence of length one at position 0. It
   attends to itself only, so no attention mask is needed, and rows never see
-  each other (the batch is a batch of independent sequences);
+  each other (the batch is a batch of independent sequences). The softmax
+  over that single key is exactly 1, so by default attention is computed as
+  the value projection through the output projection (query, key, rotary
+  embedding and the attention kernel are skipped; ``shortcut=False`` calls
+  the block modules instead, and tests hold the two equal);
 * with a ``PrefixCache`` (the keys and values of a context's first ``P``
   tokens, computed once by ``prefix_cache``), each row sits at position ``P``
   and attends to the prefix plus itself. The prefix tensors are read, expanded
@@ -163,6 +167,34 @@ def _block_kwargs(lm: LanguageModel, hidden: Tensor, position: int) -> dict[str,
     return {}
 
 
+def _llama_single_position(block: nn.Module, hidden: Tensor) -> Tensor:
+    """A Llama decoder layer on rows that are one-position sequences without context."""
+    attn = block.self_attn
+    value = attn.v_proj(block.input_layernorm(hidden))  # (B, kv_heads * head_dim)
+    groups = int(attn.num_key_value_groups)
+    if groups > 1:  # head h reads kv head h // groups, as transformers' repeat_kv does
+        rows = value.shape[0]
+        value = value.view(rows, -1, attn.head_dim).repeat_interleave(groups, dim=1).reshape(rows, -1)
+    hidden = hidden + attn.o_proj(value)
+    return hidden + block.mlp(block.post_attention_layernorm(hidden))
+
+
+def _gpt2_single_position(block: nn.Module, hidden: Tensor) -> Tensor:
+    """A GPT-2 block on rows that are one-position sequences without context."""
+    attn = block.attn
+    width = hidden.shape[-1]
+    c_attn = attn.c_attn  # Conv1D: x @ weight + bias, weight (d, 3d) = [query | key | value]
+    value = torch.addmm(c_attn.bias[2 * width :], block.ln_1(hidden), c_attn.weight[:, 2 * width :])
+    hidden = hidden + attn.resid_dropout(attn.c_proj(value))
+    return hidden + block.mlp(block.ln_2(hidden))
+
+
+# One position with no context attends to itself only: the softmax over a single key is
+# exactly 1, so attention returns the value. These skip the query, key, rotary embedding and
+# attention kernel (about 1/8 of a Llama block's products); tests compare them with the blocks.
+_SINGLE_POSITION: dict[str, Any] = {"llama": _llama_single_position, "gpt2": _gpt2_single_position}
+
+
 def _check_layer(lm: LanguageModel, layer: int) -> None:
     if not 0 <= layer <= lm.n_layers:
         raise ValueError(f"layer {layer} is out of range for model {lm.name} (0..{lm.n_layers})")
@@ -175,10 +207,14 @@ def resid_from_layer(
     *,
     prefix: PrefixCache | None = None,
     compute_dtype: torch.dtype | None = None,
+    shortcut: bool = True,
 ) -> Tensor:
     """The residual after the last block (before the final norm) for rows entering ``layer``.
 
     ``states`` is (B, d); the result is (B, d) in the dtype the blocks produce.
+    Without a prefix and with ``shortcut``, each block's attention is computed
+    as what it is for a lone position, its value (see ``_SINGLE_POSITION``);
+    ``shortcut=False`` calls the block modules themselves.
     """
     _check_family(lm)
     _check_layer(lm, layer)
@@ -188,6 +224,13 @@ def resid_from_layer(
     blocks = lm.adapter.blocks_of(lm.model)[layer:]
     if not blocks:
         return hidden[:, 0]
+    if prefix is None and shortcut:
+        single = _SINGLE_POSITION[lm.adapter.family]
+        flat = hidden[:, 0]
+        with torch.inference_mode(), _autocast(lm, compute_dtype):
+            for block in blocks:
+                flat = single(block, flat)
+        return flat
     position = 0 if prefix is None else prefix.length
     view = None if prefix is None else _PrefixView(prefix)
     with torch.inference_mode(), _autocast(lm, compute_dtype):

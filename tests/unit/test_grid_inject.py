@@ -66,6 +66,18 @@ def test_context_reproduces_the_full_prompt_at_every_layer(lm: LanguageModel) ->
         assert torch.equal(old, new)
 
 
+def test_single_position_shortcut_equals_the_blocks(lm: LanguageModel) -> None:
+    """Attention of a lone position is its value: the shortcut matches calling the blocks."""
+    states = torch.randn(7, lm.d_model, generator=torch.Generator().manual_seed(3)) * 2
+    for layer in range(lm.n_layers + 1):
+        fast = resid_from_layer(lm, layer, states)
+        blocks = resid_from_layer(lm, layer, states, shortcut=False)
+        torch.testing.assert_close(fast, blocks, rtol=1e-5, atol=1e-5, msg=f"layer {layer}")
+    fast = resid_from_layer(lm, 0, states, compute_dtype=torch.bfloat16).float()
+    blocks = resid_from_layer(lm, 0, states, compute_dtype=torch.bfloat16, shortcut=False).float()
+    torch.testing.assert_close(fast, blocks, rtol=2e-2, atol=2e-2)
+
+
 def test_rows_are_independent_sequences(lm: LanguageModel) -> None:
     states = torch.randn(6, lm.d_model, generator=torch.Generator().manual_seed(1))
     together = run_from_layer(lm, 1, states)
@@ -111,6 +123,12 @@ def test_demo_model_injection(demo_lm: LanguageModel) -> None:
         torch.testing.assert_close(
             torch.softmax(logits, -1), torch.softmax(expected, -1), rtol=1e-3, atol=1e-4
         )
+    # The single-position shortcut equals the blocks on the real model (9 heads, 3 kv heads).
+    states = capture.resid_pre(10)[0]
+    torch.testing.assert_close(
+        resid_from_layer(demo_lm, 10, states), resid_from_layer(demo_lm, 10, states, shortcut=False),
+        rtol=1e-4, atol=1e-3,
+    )
     # A single token at layer 0 (rotary model: no position embedding to add).
     tokens = ids[0, :3]
     single = run_from_layer(demo_lm, 0, _input_embedding(demo_lm, tokens)).float()
