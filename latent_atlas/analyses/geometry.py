@@ -15,7 +15,9 @@ position 0) and computes the statistics the views show. Invariants:
 * memory: one batch of activations on the device plus the stored states
   (``states_dtype``, float16 by default: 2 bytes per value; a run whose values
   exceed float16's range switches to float32, said in the summary). Without
-  averaging nothing else of size (points x d_model) is ever held;
+  averaging nothing else of size (points x d_model) is ever held: each
+  (layer, component) block of a batch goes straight into the buffer, and the
+  reduction reads it back in chunks of ``geometry_points.CHUNK`` rows;
 * the hook points are checked on the first batch of every run
   (``summary["hook_check_max_abs_error"]``), a mismatch fails the run;
 * points are ordered layer-major, then component, then prompt, then position
@@ -279,7 +281,8 @@ class _States:
         self.upgraded = False
 
     def write(self, index: slice | np.ndarray, values: Tensor) -> None:
-        if self.array.dtype == np.float16 and values.numel() and float(values.abs().max()) > FLOAT16_MAX:
+        if (self.array.dtype == np.float16 and values.numel()
+                and max(float(values.max()), -float(values.min())) > FLOAT16_MAX):  # no temporary copy
             self.array = self.array.astype(np.float32)
             self.upgraded = True
         target = torch.from_numpy(self.array)
@@ -302,8 +305,6 @@ class _Capture:
         self.d_model = lm.d_model
         self.device = lm.device
         self.blocks = len(layers) * len(comps)
-        self.layer_index = torch.tensor(list(layers), device=self.device)
-        self.comp_index = torch.tensor(comps, device=self.device)
         if params.average == "none":
             self.states = _States(self.blocks * self.total, self.d_model, params.states_dtype)
             self.norms = np.empty(self.blocks * self.total, dtype=np.float32)
@@ -323,16 +324,17 @@ class _Capture:
         if self.positional is not None:
             self.positional.add(capture, mask)
         if self.params.average == "none":
-            valid = capture.gather(mask.bool())  # (L, 4, n, D) in the model dtype
-            valid = valid.index_select(0, self.layer_index).index_select(1, self.comp_index).float()
-            n = valid.shape[2]
-            flat = valid.reshape(-1, self.d_model)
-            norms = torch.linalg.vector_norm(flat, dim=-1)
-            block_starts = np.arange(self.blocks, dtype=np.int64)[:, None] * self.total
-            index = (block_starts + self.offset + np.arange(n)[None, :]).reshape(-1)
-            self.states.write(index, flat)
-            self.norms[index] = norms.cpu().numpy()
-            self.lens.add(flat, index)
+            # Block by block (layer, component): nothing beyond the model's own activations and
+            # one (tokens, d_model) block is held; each block's rows are contiguous in the buffer.
+            keep = mask.bool()
+            n = int(keep.sum())
+            for li, layer in enumerate(self.layers):
+                for ci, comp in enumerate(self.comps):
+                    block = capture.points[layer][comp][keep].float()  # (n, D), batch then position
+                    start = (li * len(self.comps) + ci) * self.total + self.offset
+                    self.states.write(slice(start, start + n), block)
+                    self.norms[start : start + n] = torch.linalg.vector_norm(block, dim=-1).cpu().numpy()
+                    self.lens.add(block, np.arange(start, start + n))
             self.offset += n
             return
         weights = mask.to(torch.float64).unsqueeze(-1)  # (B, S, 1)

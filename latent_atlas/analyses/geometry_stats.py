@@ -75,8 +75,8 @@ def linear_separability(
     diagonal. Returns NaN when a class has fewer than 2 points or a side of the
     split lacks a class.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a = np.asarray(a, dtype=np.float32)  # float32 rows; the d x d solve is float64
+    b = np.asarray(b, dtype=np.float32)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"expected two (n, d) arrays of equal width, got {a.shape} and {b.shape}")
     if len(a) < 2 or len(b) < 2:
@@ -92,14 +92,16 @@ def linear_separability(
     if not (y[train].any() and (~y[train]).any() and y[test].any() and (~y[test]).any()):
         return float("nan")
     xa, xb = X[train & ~y], X[train & y]
-    mu_a, mu_b = xa.mean(axis=0), xb.mean(axis=0)
-    centred = np.concatenate([xa - mu_a, xb - mu_b])
-    cov = centred.T @ centred / max(1, len(centred) - 2)
+    mu_a, mu_b = xa.mean(axis=0, dtype=np.float64), xb.mean(axis=0, dtype=np.float64)
+    xa -= mu_a.astype(np.float32)
+    xb -= mu_b.astype(np.float32)
+    cov = (xa.T @ xa + xb.T @ xb).astype(np.float64) / max(1, len(xa) + len(xb) - 2)
+    del xa, xb
     d = cov.shape[0]
     cov[np.diag_indices(d)] += ridge * max(float(np.trace(cov)) / d, 1e-12)
     w = np.linalg.solve(cov, mu_b - mu_a)
     threshold = float(w @ (mu_a + mu_b)) / 2.0
-    predicted = X[test] @ w > threshold
+    predicted = X[test].astype(np.float64) @ w > threshold
     return float(np.mean(predicted == y[test]))
 
 
