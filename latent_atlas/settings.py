@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=20)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     login_rate_limit: str = "10 per minute"
+    # Compile UMAP's numba code once in each worker process at start (a low-priority thread),
+    # so no run pays the ~40 s compile.
+    umap_warmup: bool = True
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
