@@ -91,6 +91,7 @@ __all__ = [
     "reduce_logits",
     "run_grid",
     "states_at_layer",
+    "topk_rows",
 ]
 
 PlaneKind = Literal["direct", "replicated", "random_projection", "pca", "through_states"]
