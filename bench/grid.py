@@ -52,23 +52,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from _model import load_bench_model
 
 from latent_atlas.analyses.grid import GridParams, run_grid
 from latent_atlas.analyses.planes import direct_plane, grid_axis
-from latent_atlas.lm import LanguageModel, fetch_demo_model, load_model, resolve_device
-from latent_atlas.settings import DEMO_GGUF_FILE, DEMO_MODEL_NAME
+from latent_atlas.lm import LanguageModel, resolve_device
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BASELINE_BATCH = 1000
 SPACING = {"last": 8.0, "mid": 8.0}  # direct plane: x, y in +-N/2 * spacing
 
 
 def _load(directory: Path | None, device: torch.device) -> LanguageModel:
-    directory = directory or fetch_demo_model(REPO_ROOT / ".atlas" / "models" / "smollm2")
-    return load_model(
-        str(directory), gguf_file=DEMO_GGUF_FILE, device=device, name=DEMO_MODEL_NAME,
-        tokenizer_cache_dir=REPO_ROOT / ".atlas" / "tokenizers",
-    )
+    return load_bench_model(directory, device)
 
 
 def _rss_bytes() -> int:

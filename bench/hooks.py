@@ -34,15 +34,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _model import load_bench_model
 
 from latent_atlas.lm import (
     LanguageModel,
     capture_points,
-    fetch_demo_model,
     load_model,
     resolve_device,
 )
-from latent_atlas.settings import DEMO_GGUF_FILE, DEMO_MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEEP_FREED_MEMORY = {
@@ -52,13 +51,9 @@ KEEP_FREED_MEMORY = {
 }
 
 
-def _load(kind: str, device: torch.device, dtype: str, workdir: Path) -> LanguageModel:
+def _load(kind: str, device: torch.device, dtype: str, workdir: Path, model_dir: Path | None) -> LanguageModel:
     if kind == "demo":
-        directory = fetch_demo_model(REPO_ROOT / ".atlas" / "models" / "smollm2")
-        return load_model(
-            str(directory), gguf_file=DEMO_GGUF_FILE, dtype=dtype, device=device, name=DEMO_MODEL_NAME,
-            tokenizer_cache_dir=REPO_ROOT / ".atlas" / "tokenizers",
-        )
+        return load_bench_model(model_dir, device, dtype)
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from tiny_models import build_tiny_model
 
@@ -84,6 +79,8 @@ def _timer(device: torch.device, clock: str) -> Callable[[Callable[[], object]],
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["demo", "tiny"], default="demo")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="with --model demo: another model directory (see bench/_model.py)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
@@ -104,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
-        lm = _load(args.model, device, args.dtype, Path(tmp))
+        lm = _load(args.model, device, args.dtype, Path(tmp), args.model_dir)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, lm.vocab_size, (args.batch, args.tokens), generator=generator).to(device)
     mask = torch.ones_like(input_ids)

@@ -89,25 +89,3 @@ def test_clear_errors(source):
     with pytest.raises(ValueError):
         ReprojectParams(source_run="../etc", model="m")
 
-
-def test_worker_processes_warm_up_umap_in_a_background_thread(monkeypatch):
-    import threading
-
-    from latent_atlas.analyses import geometry_points
-    from latent_atlas.settings import get_settings
-    from workers import signals
-
-    calls = []
-    done = threading.Event()
-
-    def fake_warm_up():
-        calls.append(threading.current_thread().name)
-        done.set()
-        return 0.0
-
-    monkeypatch.setattr(geometry_points, "warm_up_umap", fake_warm_up)
-    signals._start_umap_warmup()
-    assert done.wait(10) and calls == ["umap-warmup"]
-    monkeypatch.setattr(get_settings(), "umap_warmup", False)
-    signals._start_umap_warmup()
-    assert calls == ["umap-warmup"]
