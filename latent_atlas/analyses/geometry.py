@@ -52,8 +52,8 @@ from latent_atlas.analyses.base import Progress, Result, no_progress
 from latent_atlas.analyses.geometry_points import Points, ReduceOptions, describe
 from latent_atlas.analyses.validation import (
     STATIC_MAX_PROMPTS,
+    CatalogueModel,
     check_max_tokens,
-    check_model_name,
     check_prompts,
     check_token_counts,
     context_get,
@@ -93,7 +93,7 @@ class GeometryParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=200)
+    model: CatalogueModel
     prompts: list[str] = Field(min_length=1, max_length=STATIC_MAX_PROMPTS)
     token_ids: list[list[int]] | None = None  # exact sequences (a sampled corpus); prompts show them
     corpus: CorpusInfo | None = None
@@ -116,14 +116,6 @@ class GeometryParams(BaseModel):
     umap_fit_points: int = Field(20_000, ge=100, le=200_000)
     batch_size: int = Field(8, ge=1, le=256)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-
-    @field_validator("model")
-    @classmethod
-    def _model_allowed(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
-            raise ValueError("model must not be blank")
-        check_model_name(value, context_get(info.context, "models"))
-        return value
 
     @field_validator("prompts")
     @classmethod

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from latent_atlas.analyses.base import Progress, Result, no_progress
@@ -36,7 +36,7 @@ from latent_atlas.analyses.geometry_points import (
     describe,
     subset,
 )
-from latent_atlas.analyses.validation import check_model_name, context_get
+from latent_atlas.analyses.validation import CatalogueModel
 from latent_atlas.lm.hooks import COMPONENTS
 
 __all__ = ["ReprojectParams", "StoredRunsLike", "run_reproject"]
@@ -58,7 +58,7 @@ class ReprojectParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_run: str = Field(pattern=RUN_ID_PATTERN)
-    model: str = Field(min_length=1, max_length=200)  # the source's model (for listings; never loaded)
+    model: CatalogueModel  # the source's model (for listings; never loaded)
     reduction: Reduction = "pca"
     dims: Literal[2, 3] = 3
     unit_normalise: bool = False
@@ -71,12 +71,6 @@ class ReprojectParams(BaseModel):
     umap_min_dist: float = Field(0.1, ge=0.0, le=1.0)
     umap_fit_points: int = Field(20_000, ge=100, le=200_000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-
-    @field_validator("model")
-    @classmethod
-    def _model_known(cls, value: str, info: ValidationInfo) -> str:
-        check_model_name(value, context_get(info.context, "models"))
-        return value
 
     @field_validator("components")
     @classmethod

@@ -66,8 +66,8 @@ from latent_atlas.analyses.planes import (
     through_states_plane,
 )
 from latent_atlas.analyses.validation import (
+    CatalogueModel,
     check_max_tokens,
-    check_model_name,
     check_prompts,
     check_token_counts,
     context_get,
@@ -163,7 +163,7 @@ class GridParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=200)
+    model: CatalogueModel
     layer: int = Field(ge=0, le=STATIC_MAX_LAYER, description="residual entering block `layer`; L = after the last block")
     size: int = Field(200, ge=2, le=STATIC_MAX_GRID, description="N: the grid has N x N cells")
     spacing: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="distance between neighbouring grid points")
@@ -177,14 +177,6 @@ class GridParams(BaseModel):
     context: str | None = Field(None, description="the grid point replaces the state of this prompt's last token")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     dtype: GridDtype = "float32"
-
-    @field_validator("model")
-    @classmethod
-    def _model_allowed(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
-            raise ValueError("model must not be blank")
-        check_model_name(value, context_get(info.context, "models"))
-        return value
 
     @field_validator("layer")
     @classmethod

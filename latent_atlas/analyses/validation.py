@@ -18,13 +18,15 @@ Messages are ``PydanticCustomError`` so pydantic shows them verbatim.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from latent_atlas.settings import Limits
 
 __all__ = [
+    "CatalogueModel",
     "STATIC_MAX_PROMPT_CHARS",
     "STATIC_MAX_PROMPTS",
     "TokenCounter",
@@ -110,6 +112,17 @@ def check_model_name(name: str, models: Collection[str] | None) -> None:
             "model '{model}' is not in this portal's catalogue (allowed: {allowed})",
             {"model": name, "allowed": ", ".join(sorted(models))},
         )
+
+
+def _catalogue_model(value: str, info: ValidationInfo) -> str:
+    if not value.strip():
+        raise PydanticCustomError("model_blank", "model must not be blank")
+    check_model_name(value, context_get(info.context, "models"))
+    return value
+
+
+# The ``model`` field of every run kind: 1-200 characters, not blank, in ``ctx["models"]`` when given.
+CatalogueModel = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_catalogue_model)]
 
 
 def token_counter(tokenizer: Any) -> TokenCounter:

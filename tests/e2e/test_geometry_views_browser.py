@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from browser_helpers import log_in
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -17,14 +18,6 @@ pytestmark = pytest.mark.e2e
 PROMPTS = ["The capital of France is", "Once upon a time", "<i>tags</i> & more"]
 RUN_URL = re.compile(r"/runs/([A-Za-z0-9_-]+)$")
 VIEWS = ["layer-evolution", "attention-mlp", "position0", "positional", "layer-norms", "animation"]
-
-
-def _log_in(driver, portal) -> None:
-    driver.get(portal.url + "/login")
-    driver.find_element(By.ID, "username").send_keys(portal.username)
-    driver.find_element(By.ID, "password").send_keys(portal.password)
-    driver.find_element(By.ID, "login-submit").click()
-    WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.ID, "home-page")))
 
 
 def _drawn(driver, graph_id: str) -> bool:
@@ -64,7 +57,7 @@ def _click_first_point(driver, graph_id: str) -> None:
 
 def test_linked_views_details_and_reprojection(live_portal, browser, artifacts_dir):
     wait = WebDriverWait(browser, 30)
-    _log_in(browser, live_portal)
+    log_in(browser, live_portal)
     browser.get(live_portal.url + "/new")
     Select(wait.until(EC.presence_of_element_located((By.ID, "new-kind")))).select_by_value("geometry")
     prompts = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#new-kind-form textarea")))

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import requests
+from browser_helpers import log_in
 from PIL import Image
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
@@ -24,14 +25,6 @@ MAP = ".atlas-grid-map .js-plotly-plot"
 TERMINAL = ("succeeded", "failed", "cancelled")
 MAP_DRAWN = ("return [...document.querySelectorAll(arguments[0])]"
              ".filter(g => g._fullData && g._fullData.length && g.querySelector('.nsewdrag')).length")
-
-
-def _log_in(driver, portal) -> None:
-    driver.get(portal.url + "/login")
-    driver.find_element(By.ID, "username").send_keys(portal.username)
-    driver.find_element(By.ID, "password").send_keys(portal.password)
-    driver.find_element(By.ID, "login-submit").click()
-    WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.ID, "home-page")))
 
 
 def _api(driver, portal) -> requests.Session:
@@ -111,7 +104,7 @@ def _text_count(driver, graph) -> int:
 
 def test_grid_map_in_the_browser(live_portal, browser, artifacts_dir):
     portal, wait = live_portal, WebDriverWait(browser, 30)
-    _log_in(browser, portal)
+    log_in(browser, portal)
     api = _api(browser, portal)
     runs_before = len(api.get(portal.url + "/api/runs", timeout=30).json()["runs"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from browser_helpers import log_in
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -14,14 +15,6 @@ pytestmark = pytest.mark.e2e
 
 PROMPTS = ["The capital of France is", "Once upon a time", "<b>escaped</b> & fine"]
 RUN_URL = re.compile(r"/runs/([A-Za-z0-9_-]+)$")
-
-
-def _log_in(driver, portal) -> None:
-    driver.get(portal.url + "/login")
-    driver.find_element(By.ID, "username").send_keys(portal.username)
-    driver.find_element(By.ID, "password").send_keys(portal.password)
-    driver.find_element(By.ID, "login-submit").click()
-    WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.ID, "home-page")))
 
 
 def _plot_kind(driver) -> str | None:
@@ -35,7 +28,7 @@ def _plot_kind(driver) -> str | None:
 
 def test_submit_watch_and_browse(live_portal, browser, artifacts_dir):
     wait = WebDriverWait(browser, 30)
-    _log_in(browser, live_portal)
+    log_in(browser, live_portal)
 
     browser.get(live_portal.url + "/new")
     submit = wait.until(EC.element_to_be_clickable((By.ID, "new-submit")))
