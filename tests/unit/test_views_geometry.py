@@ -401,6 +401,37 @@ def test_corpus_upload_samples_exact_sequences(monkeypatch):
         geometry.params_from_form("m", bad_json, Limits())
 
 
+def test_hub_dataset_source_in_the_form(monkeypatch):
+    import huggingface_hub
+
+    from latent_atlas.analyses.geometry import GeometryParams
+    from tiny_models import build_tiny_tokenizer
+
+    monkeypatch.setattr(geometry, "_tokenizer", lambda model: build_tiny_tokenizer())
+    values = {"source": "hub", "hub_name": "", "hub_split": "train", "hub_field": "text",
+              "corpus_sequences": 2, "corpus_tokens": 4, "seed": 0}
+    with pytest.raises(FormError, match="name a dataset on the Hugging Face hub"):
+        geometry.params_from_form("m", values, Limits())
+    with pytest.raises(FormError, match="hub id like"):
+        geometry.params_from_form("m", {**values, "hub_name": "../x"}, Limits())
+    # The real client, offline: one clear error in the form, nothing submitted.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FormError, match="not reachable from this portal"):
+        geometry.params_from_form("m", {**values, "hub_name": "Salesforce/wikitext"}, Limits())
+    # Reachable (the hub stood in for by documents): sampled exactly like a file, provenance kept.
+    seen = []
+    monkeypatch.setattr(geometry, "read_hub_dataset",
+                        lambda hub, max_chars: seen.append((hub, max_chars)) or ["abcdefgh", "ijklmnop"])
+    params = geometry.params_from_form("m", {**values, "hub_name": "Salesforce/wikitext",
+                                             "hub_config": "wikitext-2-raw-v1"}, Limits())
+    assert seen[0][0].config == "wikitext-2-raw-v1" and seen[0][1] == 64 * 2 * 4
+    assert params["corpus"]["source"] == "hf://datasets/Salesforce/wikitext (wikitext-2-raw-v1) train:text"
+    assert params["corpus"]["format"] == "hub" and len(params["token_ids"]) == 2
+    GeometryParams.model_validate(params)
+    assert geometry._toggle_source("hub") == ({"display": "none"}, {}, {"display": "none"},
+                                              {"display": "none"}, {})
+
+
 def test_upload_callback_reports_bad_files():
     ok_value, ok_status = geometry._uploaded("data:text/plain;base64," + base64.b64encode(b"a\nb").decode(),
                                              "x.txt")

@@ -31,10 +31,12 @@ from dash import Input, Output, callback, dcc, html
 
 from latent_atlas.analyses.geometry_corpus import (
     CORPUS_FORMATS,
+    MAX_CORPUS_BYTES,
     CorpusError,
     read_corpus,
     sample_sequences,
 )
+from latent_atlas.analyses.hub_corpus import MAX_HUB_DOCUMENTS, HubDataset, read_hub_dataset
 from webapp.views import FormError, field_id
 from webapp.views.geometry_figures import (  # noqa: F401  re-exported for callers and tests
     COMPONENT_LABELS,
@@ -77,7 +79,8 @@ def form_fields(settings: Any) -> list[Any]:
             dbc.Col(dbc.Label("Prompts", class_name="mb-1"), width="auto"),
             dbc.Col(dbc.RadioItems(id=field_id(KIND, "source"), value="prompts", inline=True,
                                    options=[{"label": "typed", "value": "prompts"},
-                                            {"label": "from a corpus file", "value": "corpus"}]),
+                                            {"label": "from a corpus file", "value": "corpus"},
+                                            {"label": "from a Hugging Face dataset", "value": "hub"}]),
                     width="auto"),
         ], class_name="g-3 align-items-center"),
         html.Div([
@@ -88,16 +91,31 @@ def form_fields(settings: Any) -> list[Any]:
                          f"{limits.max_prompts} prompts of {limits.max_prompt_chars} characters."),
         ], id="geometry-prompts-part"),
         html.Div([
-            dcc.Upload(id=UPLOAD_ID, max_size=MAX_UPLOAD_BYTES, multiple=False,
-                       children=html.Div(["Drop a .txt or .jsonl file here, or ", html.A("choose one")]),
-                       className="atlas-upload border rounded p-3 text-center text-muted"),
-            dcc.Input(id=field_id(KIND, "corpus_file"), type="hidden", value=None),
-            html.Div(id=UPLOAD_STATUS_ID, className="small mt-1"),
+            html.Div([
+                dcc.Upload(id=UPLOAD_ID, max_size=MAX_UPLOAD_BYTES, multiple=False,
+                           children=html.Div(["Drop a .txt or .jsonl file here, or ", html.A("choose one")]),
+                           className="atlas-upload border rounded p-3 text-center text-muted"),
+                dcc.Input(id=field_id(KIND, "corpus_file"), type="hidden", value=None),
+                html.Div(id=UPLOAD_STATUS_ID, className="small mt-1"),
+            ], id="geometry-corpus-file-part"),
+            dbc.Row([
+                dbc.Col([dbc.Label("Dataset on the hub", class_name="small mb-0"),
+                         dbc.Input(id=field_id(KIND, "hub_name"), size="sm", maxlength=200,
+                                   placeholder="Salesforce/wikitext")], md=4),
+                dbc.Col([dbc.Label("Config", class_name="small mb-0"),
+                         dbc.Input(id=field_id(KIND, "hub_config"), size="sm", maxlength=64,
+                                   placeholder="wikitext-2-raw-v1")], md=3),
+                dbc.Col([dbc.Label("Split", class_name="small mb-0"),
+                         dbc.Input(id=field_id(KIND, "hub_split"), size="sm", maxlength=64, value="train")], md=2),
+                dbc.Col([dbc.Label("Text field", class_name="small mb-0"),
+                         dbc.Input(id=field_id(KIND, "hub_field"), size="sm", maxlength=64, value="text")], md=3),
+            ], id="geometry-corpus-hub-part", style={"display": "none"}),
             dbc.Row([
                 dbc.Col([dbc.Label("Format", class_name="small mb-0"),
                          dbc.Select(id=field_id(KIND, "corpus_format"), value="auto", size="sm",
                                     options=[{"label": "by file name", "value": "auto"}]
-                                    + [{"label": v, "value": k} for k, v in CORPUS_FORMATS.items()])], md=4),
+                                    + [{"label": v, "value": k} for k, v in CORPUS_FORMATS.items()])], md=4,
+                        id="geometry-corpus-format-part"),
                 dbc.Col([dbc.Label("Sequences (N)", class_name="small mb-0"),
                          dbc.Input(id=field_id(KIND, "corpus_sequences"), type="number", min=1,
                                    max=limits.max_prompts, step=1, value=min(32, limits.max_prompts),
@@ -110,9 +128,10 @@ def form_fields(settings: Any) -> list[Any]:
                          dbc.Input(id=field_id(KIND, "seed"), type="number", min=0, step=1, value=0,
                                    size="sm")], md=2),
             ], class_name="mt-2"),
-            dbc.FormText("N sequences of M tokens are sampled with the seed from the file's token stream "
-                         "(the model's own tokenizer). Naming a Hugging Face dataset is not available: "
-                         "the portal does not install the datasets library."),
+            dbc.FormText("N sequences of M tokens are sampled with the seed from the token stream of the "
+                         "file, or of the first rows of the dataset's split (streamed, at most "
+                         f"{MAX_HUB_DOCUMENTS:,} rows; needs the hub to be reachable from the portal), "
+                         "tokenised by the model's own tokenizer."),
         ], id="geometry-corpus-part", style={"display": "none"}),
         dbc.Row([
             dbc.Col([
@@ -165,10 +184,14 @@ def form_fields(settings: Any) -> list[Any]:
 
 
 @callback(Output("geometry-prompts-part", "style"), Output("geometry-corpus-part", "style"),
+          Output("geometry-corpus-file-part", "style"), Output("geometry-corpus-format-part", "style"),
+          Output("geometry-corpus-hub-part", "style"),
           Input(field_id(KIND, "source"), "value"))
 def _toggle_source(source):
-    corpus = source == "corpus"
-    return ({"display": "none"} if corpus else {}), ({} if corpus else {"display": "none"})
+    hidden, shown = {"display": "none"}, {}
+    corpus, hub = source == "corpus", source == "hub"
+    return (hidden if corpus or hub else shown, shown if corpus or hub else hidden,
+            shown if corpus else hidden, shown if corpus else hidden, shown if hub else hidden)
 
 
 @callback(Output(field_id(KIND, "corpus_file"), "value"), Output(UPLOAD_STATUS_ID, "children"),
@@ -223,10 +246,26 @@ def _whole(value: Any) -> int | None:
     return int(as_float) if as_float.is_integer() else None
 
 
-def _corpus_params(model: str | None, values: Mapping[str, Any], limits: Any,
-                   errors: list[str]) -> dict[str, Any] | None:
+def _hub_dataset(values: Mapping[str, Any], errors: list[str]) -> HubDataset | None:
+    name = str(values.get("hub_name") or "").strip()
+    if not name:
+        errors.append("dataset: name a dataset on the Hugging Face hub (e.g. Salesforce/wikitext)")
+        return None
+    try:
+        return HubDataset(name, str(values.get("hub_config") or "").strip() or None,
+                          str(values.get("hub_split") or "").strip() or "train",
+                          str(values.get("hub_field") or "").strip() or "text")
+    except CorpusError as exc:
+        errors.append(str(exc))
+        return None
+
+
+def _corpus_params(model: str | None, values: Mapping[str, Any], limits: Any, errors: list[str],
+                   source: str = "corpus") -> dict[str, Any] | None:
+    """Sampled sequences (params) from the uploaded file or, for ``source="hub"``, a hub dataset."""
     raw = values.get("corpus_file")
-    if not raw:
+    hub = _hub_dataset(values, errors) if source == "hub" else None
+    if source == "corpus" and not raw:
         errors.append("corpus: attach a text or JSONL file")
         return None
     n = _whole(values.get("corpus_sequences"))
@@ -242,10 +281,15 @@ def _corpus_params(model: str | None, values: Mapping[str, Any], limits: Any,
     if errors or not model:
         return None
     try:
-        upload = json.loads(raw)
-        name = str(upload["name"])
-        fmt = values.get("corpus_format") or "auto"
-        documents = read_corpus(name, _decode_upload(upload["contents"]), None if fmt == "auto" else fmt)
+        if hub is not None:
+            name, fmt = hub.source, "hub"
+            # Enough text for a choice of windows (~4 characters a token), within the hub bounds.
+            documents = read_hub_dataset(hub, max_chars=min(MAX_CORPUS_BYTES, 64 * n * m))
+        else:
+            upload = json.loads(raw)
+            name = str(upload["name"])
+            fmt = values.get("corpus_format") or "auto"
+            documents = read_corpus(name, _decode_upload(upload["contents"]), None if fmt == "auto" else fmt)
         tokenizer = _tokenizer(model)
         sample = sample_sequences(tokenizer, documents, n, m, seed)
     except CorpusError as exc:
@@ -287,8 +331,8 @@ def params_from_form(model: str | None, values: Mapping[str, Any], limits: Any) 
                               f"(at most {limits.max_prompt_chars})")
         if max_tokens is None or not 1 <= max_tokens <= limits.max_tokens_per_prompt:
             errors.append(f"max_tokens: enter a whole number from 1 to {limits.max_tokens_per_prompt}")
-    elif source != "corpus":
-        errors.append("source: typed prompts or a corpus file")
+    elif source not in ("corpus", "hub"):
+        errors.append("source: typed prompts, a corpus file or a Hugging Face dataset")
     average = values.get("average") or "none"
     if average not in AVERAGE_OPTIONS:
         errors.append(f"average: must be one of {', '.join(AVERAGE_OPTIONS)}")
@@ -309,7 +353,7 @@ def params_from_form(model: str | None, values: Mapping[str, Any], limits: Any) 
         errors.append("layers: the first layer is a whole number >= 0")
     if raw_stop not in (None, "") and (layer_stop is None or layer_stop <= (layer_start or 0)):
         errors.append("layers: stop must be a whole number above the first layer (or empty)")
-    corpus = _corpus_params(model, values, limits, errors) if source == "corpus" else None
+    corpus = _corpus_params(model, values, limits, errors, source) if source in ("corpus", "hub") else None
     if errors:
         raise FormError(errors)
     params: dict[str, Any] = {
