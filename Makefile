@@ -38,6 +38,10 @@ bench: install
 	$(PY) bench/hooks.py
 	$(PY) bench/web_latency.py
 	$(PY) bench/submit_to_view.py
+	$(PY) bench/grid.py
+	$(PY) bench/geometry_scale.py --keep .atlas/bench/scale
+	$(PY) bench/pca.py --states .atlas/bench/scale/states.npy
+	$(PY) bench/umap_compile.py --states .atlas/bench/scale/states.npy
 
 lint: install
 	$(VENV)/bin/ruff check .
