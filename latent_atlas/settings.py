@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     login_rate_limit: str = "10 per minute"
     # Compile UMAP's numba code once in each worker process at start (a low-priority thread),
-    # so no run pays the ~40 s compile.
+    # so no run pays the compile (~45 s on 2 CPU cores, bench/umap_compile.py).
     umap_warmup: bool = True
 
     @model_validator(mode="after")

@@ -34,14 +34,6 @@ class StoredArray:
     sha256: str
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    if array.dtype == object:
-        raise TypeError("object arrays cannot be stored (no pickling)")
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
 class _HashingWriter:
     """A write-only file wrapper that hashes and counts what passes through.
 
@@ -96,6 +88,30 @@ class ArtifactStore:
 
     def read_array(self, uri: str) -> np.ndarray:
         return np.load(io.BytesIO(self.read_bytes(uri)), allow_pickle=False)
+
+    def read_rows(self, uri: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (indices along axis 0) of a stored C-order array, reading only those rows.
+
+        Works on any fsspec filesystem (seek + read per row); the result keeps
+        the stored dtype and the order of ``rows``.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        with self.fs.open(self._path(uri), "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            if fortran or dtype.hasobject:
+                raise ValueError(f"{uri}: row reads need a C-order array of plain values")
+            if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
+                raise IndexError(f"{uri}: rows must be in 0..{shape[0] - 1}")
+            offset = handle.tell()
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            out = np.empty((len(rows), *shape[1:]), dtype=dtype)
+            for i, row in enumerate(rows):
+                handle.seek(offset + int(row) * row_bytes)
+                out[i] = np.frombuffer(handle.read(row_bytes), dtype=dtype).reshape(shape[1:])
+        return out
 
     def verify(self, uri: str, sha256: str) -> bool:
         return hashlib.sha256(self.read_bytes(uri)).hexdigest() == sha256

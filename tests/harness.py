@@ -105,6 +105,9 @@ class Portal:
             "ATLAS_MODELS": json.dumps(models),
             "ATLAS_DEFAULT_MODEL": default_model,
             "ATLAS_PORT": str(self.port),
+            # No UMAP warm-up: these workers are started and killed many times and run no UMAP;
+            # the e2e portal (``latent-atlas up``) keeps the default, on.
+            "ATLAS_UMAP_WARMUP": "false",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }

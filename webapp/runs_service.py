@@ -451,6 +451,16 @@ def traceback_for(user: User, run: Run) -> str | None:
     return run.traceback if _may_change(user, run) else None
 
 
+def succeeded_children(run_id: str, kind: str) -> list[str]:
+    """IDs of the succeeded child runs of ``run_id`` of one kind, oldest first."""
+    with session_scope() as session:
+        return list(session.scalars(
+            select(Run.id)
+            .where(Run.parent_id == run_id, Run.kind == kind, Run.status == RunStatus.succeeded.value)
+            .order_by(Run.created_at)
+        ))
+
+
 def load_arrays(run: Run, names: list[str] | None = None) -> dict[str, np.ndarray]:
     store = ArtifactStore()
     wanted = [a for a in run.artifacts if names is None or a.name in names]

@@ -1,7 +1,8 @@
 """Execute one run: claim -> load model -> analysis -> store artifacts -> finish.
 
 A kind with ``needs_model`` false (post-processing on the ``cpu`` queue) gets
-``workers.inputs.StoredRuns`` instead of a model and loads nothing.
+``workers.inputs.StoredRuns`` instead of a model and loads nothing; a kind with
+``reads_runs`` gets the model and ``runs=StoredRuns()`` too.
 
 The Celery task is a thin wrapper around ``execute_run``. Every way out of a
 claimed run ends in exactly one terminal state written by this worker, unless
@@ -80,7 +81,8 @@ def execute_run(run_id: str, worker: str) -> str:
                 environment = {"python": platform.python_version(), "numpy": np.__version__}
 
             started = time.perf_counter()
-            result = kind.run(params, source, progress)
+            extra = {"runs": StoredRuns()} if kind.reads_runs else {}
+            result = kind.run(params, source, progress, **extra)
             timings["analysis_s"] = round(time.perf_counter() - started, 4)
 
             progress(1.0, "storing results")

@@ -1,8 +1,11 @@
 """Stored runs as the input of a model-free run kind (``AnalysisKind.needs_model`` false).
 
 ``StoredRuns().load(run_id, names)`` returns a finished run's summary and the
-named arrays it has (others are skipped). Invariant: only a ``succeeded`` run
-can be an input; anything else is a clear ``ValueError`` that fails the child.
+named arrays it has (others are skipped); ``rows(run_id, name, rows)`` reads
+only some rows of one array (e.g. a few stored states for the logit lens);
+``model(run_id)`` is the catalogue model the run used. Invariant: only a
+``succeeded`` run can be an input; anything else is a clear ``ValueError`` that
+fails the child.
 """
 
 from __future__ import annotations
@@ -18,14 +21,26 @@ from models.store import ArtifactStore
 
 
 class StoredRuns:
-    def load(self, run_id: str, names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _read(self, run_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+        """(summary, params, artifact uris by name) of a succeeded run."""
         with session_scope() as session:
             run = session.scalar(select(Run).options(selectinload(Run.artifacts)).where(Run.id == run_id))
             if run is None:
                 raise ValueError(f"run {run_id} does not exist")
             if run.status != RunStatus.succeeded.value:
                 raise ValueError(f"run {run_id} is {run.status}; only a succeeded run can be an input")
-            summary = dict(run.summary or {})
-            uris = {a.name: a.uri for a in run.artifacts if a.name in names}
+            return dict(run.summary or {}), dict(run.params or {}), {a.name: a.uri for a in run.artifacts}
+
+    def load(self, run_id: str, names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        summary, _, uris = self._read(run_id)
         store = ArtifactStore()
-        return summary, {name: store.read_array(uri) for name, uri in uris.items()}
+        return summary, {name: store.read_array(uri) for name, uri in uris.items() if name in names}
+
+    def rows(self, run_id: str, name: str, rows: np.ndarray) -> np.ndarray:
+        _, _, uris = self._read(run_id)
+        if name not in uris:
+            raise ValueError(f"run {run_id} has no stored {name!r}")
+        return ArtifactStore().read_rows(uris[name], rows)
+
+    def model(self, run_id: str) -> str:
+        return str(self._read(run_id)[1].get("model", ""))

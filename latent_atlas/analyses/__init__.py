@@ -28,10 +28,12 @@ class AnalysisKind:
     queue: str = "gpu"  # "gpu": needs a model; "cpu": post-processing only
     # False: ``run(params, runs, progress)`` gets stored runs (``runs.load(run_id, names)``), no model
     needs_model: bool = True
+    # True (with a model): ``run(params, lm, progress, runs=...)`` also reads stored runs
+    reads_runs: bool = False
 
 
 def _registry() -> dict[str, AnalysisKind]:
-    from latent_atlas.analyses import geometry, geometry_reproject, grid
+    from latent_atlas.analyses import geometry, geometry_lens, geometry_reproject, grid
 
     return {
         "geometry": AnalysisKind(
@@ -47,6 +49,14 @@ def _registry() -> dict[str, AnalysisKind]:
             run=geometry_reproject.run_reproject,
             queue="cpu",
             needs_model=False,
+        ),
+        "geometry_lens": AnalysisKind(
+            name="geometry_lens",
+            title="Geometry: logit lens of chosen points of a run",
+            params=geometry_lens.LensParams,
+            run=geometry_lens.run_lens,
+            queue="gpu",
+            reads_runs=True,
         ),
         "grid": AnalysisKind(
             name="grid",

@@ -70,7 +70,7 @@ Reduction = Literal["pca", "umap"]
 Component = Literal["attn_out", "resid_mid", "mlp_out", "resid_post"]
 CAPTURE_SHARE = 0.75  # fraction of the progress bar spent capturing
 LENS_K = 5
-LENS_CPU_MAX_POINTS = 20_000  # on a CPU the lens costs ~5 ms a point (d_model x vocab products)
+LENS_CPU_MAX_POINTS = 4_096  # on a CPU the lens costs ~1-2 ms a point (d_model x vocab products); more on demand
 FLOAT16_MAX = 65_000.0  # a little below float16's 65504
 POSITIONAL_COMPONENT = "resid_post"
 

@@ -40,6 +40,7 @@ __all__ = ["CHUNK", "Points", "ReduceOptions", "UMAP_MAX_POINTS", "describe", "w
 CHUNK = 16_384  # rows converted to float32 at a time (~38 MB at width 576)
 UMAP_MAX_POINTS = 400_000
 UMAP_PCA_DIMS = 50
+UMAP_WARMUP_POINTS = 4_200  # above UMAP's 4,096-row exact-neighbour cut-off
 SEPARATION_MAX_PER_CLASS = 8_000  # rows per class and layer (seeded sample) for the separability score
 ATTN, MLP = COMPONENTS.index("attn_out"), COMPONENTS.index("mlp_out")
 META = ("layer", "component", "position", "prompt_index", "token_id")
@@ -128,20 +129,23 @@ def _transform(points: Points, fit: PCAFit, unit: bool, select: np.ndarray | Non
 
 
 def warm_up_umap() -> float:
-    """Compile UMAP's numba code now (a tiny seeded fit and transform); returns the seconds taken.
+    """Compile UMAP's numba code now (a small seeded fit and transform); returns the seconds taken.
 
-    Runs the same code path as ``_umap`` (float32 input, ``random_state`` set),
-    so a later run in this process finds everything compiled.
+    Runs the code paths a run takes: float32 input, ``random_state`` set, and
+    more than ``UMAP_WARMUP_POINTS`` - 1 rows, so the approximate neighbour
+    search (pynndescent: below 4,096 rows UMAP computes exact neighbours and
+    compiles none of it) and the transform's index search are compiled too. A
+    later run in this process finds everything compiled.
     """
     import time
 
     import umap
 
     started = time.perf_counter()
-    data = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
-    reducer = umap.UMAP(n_components=2, n_neighbors=10, random_state=0)
-    reducer.fit_transform(data[:250])
-    reducer.transform(data[250:])
+    data = np.random.default_rng(0).normal(size=(UMAP_WARMUP_POINTS + 200, 8)).astype(np.float32)
+    reducer = umap.UMAP(n_components=3, n_neighbors=15, random_state=0, n_epochs=20)
+    reducer.fit_transform(data[:UMAP_WARMUP_POINTS])
+    reducer.transform(data[UMAP_WARMUP_POINTS:])
     return time.perf_counter() - started
 
 

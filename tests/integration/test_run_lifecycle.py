@@ -107,6 +107,44 @@ def test_submit_to_success_with_verified_artifacts(portal):
     assert run["id"] in {r["id"] for r in listed}
 
 
+def _arrays(portal: Portal, run_id: str) -> dict[str, np.ndarray]:
+    response = portal.api("GET", f"/api/runs/{run_id}/export?format=npz", portal.alice)
+    assert response.status_code == 200, response.text
+    return dict(np.load(io.BytesIO(response.content), allow_pickle=False))
+
+
+def test_points_without_a_lens_are_decoded_on_demand_by_a_child_run(portal):
+    """A run with no lens in the worker; a geometry_lens child decodes chosen rows of its stored states."""
+    bare = portal.wait_for(portal.submit(portal.alice, _params(lens_max_points=0))["id"], portal.alice,
+                           {"succeeded", "failed"})
+    assert bare["status"] == "succeeded", bare.get("error")
+    assert bare["summary"]["lens"]["computed"] == 0
+    n_points = sum(bare["summary"]["n_tokens"]) * bare["summary"]["n_layers"] * 4
+    rows = [0, 5, n_points - 1]
+    response = portal.api("POST", "/api/runs", portal.alice, json={
+        "kind": "geometry_lens", "parent_id": bare["id"],
+        "params": {"source_run": bare["id"], "model": "tiny-gpt2", "rows": rows}})
+    assert response.status_code == 201, response.text
+    child = portal.wait_for(response.json()["id"], portal.alice, {"succeeded", "failed"})
+    assert child["status"] == "succeeded", child.get("error")
+    assert child["queue"] == "gpu" and child["parent_id"] == bare["id"]
+    decoded = _arrays(portal, child["id"])
+    assert decoded["rows"].tolist() == rows and decoded["lens_ids"].shape == (3, 5)
+
+    # The same points decoded by a run that computed its lens in the worker.
+    full = portal.wait_for(portal.submit(portal.alice, _params())["id"], portal.alice, {"succeeded", "failed"})
+    reference = _arrays(portal, full["id"])
+    assert (decoded["lens_ids"][:, 0] == reference["lens_ids"][rows, 0]).mean() >= 2 / 3
+    np.testing.assert_allclose(decoded["lens_probs"][:, 0].astype(np.float32),
+                               reference["lens_probs"][rows, 0].astype(np.float32), atol=1e-2)
+
+    # Rows beyond the run's points fail the child with a clear error; another model is refused.
+    response = portal.api("POST", "/api/runs", portal.alice, json={
+        "kind": "geometry_lens", "params": {"source_run": bare["id"], "model": "tiny-gpt2", "rows": [n_points]}})
+    failed = portal.wait_for(response.json()["id"], portal.alice, {"succeeded", "failed"})
+    assert failed["status"] == "failed" and f"0..{n_points - 1}" in failed["error"]
+
+
 @pytest.mark.parametrize(
     "body, expected",
     [

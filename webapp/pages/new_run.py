@@ -12,7 +12,7 @@ import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 from flask_login import current_user
 
-from latent_atlas.analyses import KINDS
+from latent_atlas.analyses import KINDS, AnalysisKind
 from latent_atlas.settings import get_settings
 from webapp import runs_service
 from webapp.components import error_alert
@@ -40,9 +40,14 @@ def kind_form(kind: str):
     return view.form_fields(get_settings())
 
 
+def _starts_fresh(kind: AnalysisKind) -> bool:
+    """Kinds submitted from this form: a model and nothing else (others start from a run's page)."""
+    return kind.needs_model and not kind.reads_runs
+
+
 def layout(kind: str | None = None, **_kwargs):
     settings = get_settings()
-    kind = kind if kind in KINDS and KINDS[kind].needs_model else next(iter(KINDS))
+    kind = kind if kind in KINDS and _starts_fresh(KINDS[kind]) else next(iter(KINDS))
     return html.Div(
         [
             dcc.Location(id="new-location", refresh="callback-nav"),
@@ -56,7 +61,7 @@ def layout(kind: str | None = None, **_kwargs):
                                 dbc.Select(id="new-kind", value=kind,
                                            options=[{"label": k.title, "value": name}
                                                     for name, k in KINDS.items()
-                                                    if k.needs_model]),  # others start from a run
+                                                    if _starts_fresh(k)]),  # others start from a run
                             ], md=4),
                             dbc.Col([
                                 dbc.Label("Model"),

@@ -14,7 +14,12 @@ Invariants:
   patched (``dash.Patch``), never the whole figure;
 * at most ``MAX_SELECTED`` points are kept selected; the details panel lists
   the first one in full (prompt, token, position, layer, component, norm, the
-  logit lens' top 5) and a few more in short. User text is always a text child.
+  logit lens' top 5) and a few more in short. User text is always a text child;
+* a point whose lens the run did not compute (a CPU run's cap, or a sample) is
+  decoded on demand: "Decode" submits a ``geometry_lens`` child run (gpu
+  queue, the model, only the selected rows of the stored states); the panel
+  polls it and then shows the result, and every succeeded lens child of the
+  run is merged into the panel from then on.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ POINT_DETAILS_ID = DETAILS_ID
 COLOR_ID = "geometry-color-by"
 LAYERS_ID = "geometry-layers-shown"
 HIDE0_ID = "geometry-hide-position0"
+LENS_BUTTON_ID = "geometry-lens-decode"
+LENS_PENDING_ID = "geometry-lens-pending"
+LENS_POLL_ID = "geometry-lens-poll"
+LENS_STATUS_ID = "geometry-lens-status"
+MAX_DECODE_ROWS = 64  # selected points decoded by one click (a geometry_lens child run)
 
 
 @dataclass(frozen=True)
@@ -135,10 +145,19 @@ def prompt_text(summary: Mapping[str, Any], prompt: int) -> str:
     return "(mean over prompts)" if prompt < 0 else "(unknown prompt)"
 
 
-def lens_rows(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any], i: int) -> list[tuple[str, float]] | str:
-    """The logit lens' top tokens of point ``i`` with probabilities, or why there are none."""
+Decoded = Mapping[int, list[tuple[str, float]]]
+
+
+def lens_rows(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any], i: int,
+              decoded: Decoded | None = None) -> list[tuple[str, float]] | str:
+    """The logit lens' top tokens of point ``i`` with probabilities, or why there are none.
+
+    ``decoded``: rows decoded later by ``geometry_lens`` child runs (used where the run has none).
+    """
     lens = summary.get("lens") or {}
     ids, probs = arrays.get("lens_ids"), arrays.get("lens_probs")
+    if decoded and i in decoded and (ids is None or ids[i, 0] < 0):
+        return list(decoded[i])
     if ids is None or probs is None:
         return str(lens.get("note") or "the logit lens was not computed for this run")
     if ids[i, 0] < 0:
@@ -147,8 +166,13 @@ def lens_rows(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any], i: i
     return [(gf.lens_token(summary, t), float(p)) for t, p in zip(ids[i], probs[i], strict=True) if t >= 0]
 
 
+def can_decode(summary: Mapping[str, Any]) -> bool:
+    """The run stored its own states, so a ``geometry_lens`` child can decode any of its points."""
+    return bool((summary.get("states") or {}).get("stored")) and not summary.get("source_run")
+
+
 def point_details(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any],
-                  selection: list[int] | None) -> Any:
+                  selection: list[int] | None, decoded: Decoded | None = None) -> Any:
     """The details panel for the selected point rows (first in full, a few more in short)."""
     rows = [int(i) for i in (selection or []) if 0 <= int(i) < len(arrays["layer"])]
     if not rows:
@@ -158,9 +182,15 @@ def point_details(arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any],
     first = rows[0]
     prompt, position = int(arrays["prompt_index"][first]), int(arrays["position"][first])
     comp = gf.component_name(components, int(arrays["component"][first]))
-    lens = lens_rows(arrays, summary, first)
+    lens = lens_rows(arrays, summary, first, decoded)
     lens_part: Any
-    if isinstance(lens, str):
+    if isinstance(lens, str) and can_decode(summary):
+        lens_part = html.Div([
+            html.Span(lens, className="text-muted"),
+            dbc.Button("Decode on the model", id=LENS_BUTTON_ID, size="sm", color="primary", outline=True,
+                       n_clicks=0, class_name="d-block mt-1"),
+        ])
+    elif isinstance(lens, str):
         lens_part = html.Span(lens, className="text-muted")
     else:
         lens_part = html.Table(
@@ -341,8 +371,12 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
                 dbc.Col(dbc.Tabs(tabs, id="geometry-tabs", active_tab=f"{FIGURES[0].id}-tab"), lg=9),
                 dbc.Col([
                     dbc.Card([dbc.CardHeader("Selected point"),
-                              dbc.CardBody(point_details(arrays, summary, []), id=DETAILS_ID)],
+                              dbc.CardBody(point_details(arrays, summary, []), id=DETAILS_ID),
+                              dbc.CardFooter(html.Small(id=LENS_STATUS_ID, className="text-muted"),
+                                             class_name="py-1")],
                              class_name="mb-3", id="geometry-details-card"),
+                    dcc.Store(id=LENS_PENDING_ID, data=None),
+                    dcc.Interval(id=LENS_POLL_ID, interval=1000, disabled=True),
                     dbc.Card([dbc.CardHeader("Result"),
                               dbc.CardBody(kv_table(summary_rows(summary, arrays)))], class_name="mb-3"),
                     dbc.Button("Download HTML", id="geometry-download-html", color="secondary",
@@ -430,7 +464,106 @@ def _highlight(selection, run_info, highlight_index):
         for axis, values in gf.highlight(views[fid].kind, arrays, summary, selection or []).items():
             patch["data"][index][axis] = values
         patches.append(patch)
-    return (*patches, point_details(arrays, summary, selection))
+    return (*patches, point_details(arrays, summary, selection, decoded_lens((run_info or {})["run"])))
+
+
+def decoded_lens(run_id: str) -> dict[int, list[tuple[str, float]]]:
+    """Rows decoded by the run's succeeded ``geometry_lens`` children (later ones win)."""
+    from webapp import runs_service
+
+    if not run_id:
+        return {}
+    out: dict[int, list[tuple[str, float]]] = {}
+    for child in runs_service.succeeded_children(run_id, "geometry_lens"):
+        out.update(_child_lens(child))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _child_lens(child_id: str) -> dict[int, list[tuple[str, float]]]:
+    """One finished lens child's rows (cached: a finished run never changes)."""
+    from webapp import runs_service
+
+    run = runs_service.get_run(child_id)
+    arrays = runs_service.load_arrays(run, ["rows", "lens_ids", "lens_probs"])
+    summary = dict(run.summary or {})
+    return {int(row): [(gf.lens_token(summary, int(t)), float(p))
+                       for t, p in zip(arrays["lens_ids"][i], arrays["lens_probs"][i], strict=True) if t >= 0]
+            for i, row in enumerate(arrays["rows"])}
+
+
+def rows_to_decode(arrays: Mapping[str, np.ndarray], selection: list[int] | None, decoded: Decoded) -> list[int]:
+    """The selected rows (at most ``MAX_DECODE_ROWS``) that have no lens yet, in selection order."""
+    ids = arrays.get("lens_ids")
+    n = len(arrays["layer"])
+    out: list[int] = []
+    for row in selection or []:
+        row = int(row)
+        if 0 <= row < n and row not in decoded and (ids is None or ids[row, 0] < 0) and row not in out:
+            out.append(row)
+        if len(out) == MAX_DECODE_ROWS:
+            break
+    return out
+
+
+@callback(
+    Output(LENS_PENDING_ID, "data"),
+    Output(LENS_POLL_ID, "disabled"),
+    Output(LENS_STATUS_ID, "children"),
+    Input(LENS_BUTTON_ID, "n_clicks"),
+    State(SELECTION_ID, "data"),
+    State(RUN_STORE_ID, "data"),
+    prevent_initial_call=True,
+)
+def _decode(clicks, selection, run_info):
+    from webapp import runs_service
+
+    if not clicks:
+        return dash.no_update, dash.no_update, dash.no_update
+    run_id = (run_info or {})["run"]
+    summary, arrays, params = _run_data(run_id)
+    rows = rows_to_decode(arrays, selection, decoded_lens(run_id))
+    if not rows:
+        return None, True, "Every selected point is decoded already."
+    raw = {"source_run": run_id, "model": params.get("model") or summary.get("model", ""), "rows": rows}
+    try:
+        child = runs_service.submit_run(current_user.id, "geometry_lens", raw, parent_id=run_id,
+                                        title=f"logit lens of {len(rows)} points of {run_id}")
+    except runs_service.SubmissionError as exc:
+        return None, True, html.Span("; ".join(exc.messages), className="text-danger")
+    return child.id, False, f"Decoding {len(rows)} point(s) on the model: run {child.id} queued…"
+
+
+@callback(
+    Output(DETAILS_ID, "children", allow_duplicate=True),
+    Output(LENS_PENDING_ID, "data", allow_duplicate=True),
+    Output(LENS_POLL_ID, "disabled", allow_duplicate=True),
+    Output(LENS_STATUS_ID, "children", allow_duplicate=True),
+    Input(LENS_POLL_ID, "n_intervals"),
+    State(LENS_PENDING_ID, "data"),
+    State(SELECTION_ID, "data"),
+    State(RUN_STORE_ID, "data"),
+    prevent_initial_call=True,
+)
+def _poll_decode(_n, pending, selection, run_info):
+    from webapp import runs_service
+
+    if not pending:
+        return dash.no_update, None, True, dash.no_update
+    try:
+        child = runs_service.get_run(pending)
+    except runs_service.RunNotFound:
+        return dash.no_update, None, True, "The decoding run has gone."
+    if child.status in ("queued", "running"):
+        stage = child.stage or child.status
+        return dash.no_update, pending, False, f"Decoding on the model (run {child.id}): {stage}…"
+    if child.status != "succeeded":
+        return (dash.no_update, None, True,
+                html.Span(f"Decoding run {child.id} {child.status}: {child.error or ''}", className="text-danger"))
+    run_id = (run_info or {})["run"]
+    summary, arrays, _ = _run_data(run_id)
+    return (point_details(arrays, summary, selection, decoded_lens(run_id)), None, True,
+            html.Span(["Decoded by run ", dcc.Link(child.id, href=f"/runs/{child.id}"), "."]))
 
 
 @callback(
