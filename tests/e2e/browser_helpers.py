@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import requests
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -14,3 +15,12 @@ def log_in(driver, portal) -> None:
     driver.find_element(By.ID, "password").send_keys(portal.password)
     driver.find_element(By.ID, "login-submit").click()
     WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.ID, "home-page")))
+
+
+def api_session(driver, portal) -> requests.Session:
+    """A requests session carrying the browser's login cookies (the JSON API as that user)."""
+    session = requests.Session()
+    for cookie in driver.get_cookies():
+        session.cookies.set(cookie["name"], cookie["value"])
+    assert session.get(portal.url + "/api/runs", timeout=30).status_code == 200
+    return session

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import log_in
+from browser_helpers import api_session, log_in
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -127,3 +127,38 @@ def test_linked_views_details_and_reprojection(live_portal, browser, artifacts_d
         "return document.querySelector('#geometry-layer-evolution .js-plotly-plot')._fullData[0].type;")
     assert kind == "scattergl"
     browser.save_screenshot(str(artifacts_dir / "e2e-geometry-reprojection.png"))
+
+
+def test_a_point_without_a_lens_is_decoded_on_demand(live_portal, browser, artifacts_dir):
+    """A run whose worker computed no lens: "Decode on the model" runs a child and fills the panel."""
+    wait = WebDriverWait(browser, 30)
+    log_in(browser, live_portal)
+    response = api_session(browser, live_portal).post(live_portal.url + "/api/runs", timeout=30, json={
+        "kind": "geometry", "title": "e2e lens on demand",
+        "params": {"model": "tiny-gpt2", "prompts": ["Once upon a time"], "lens_max_points": 0}})
+    assert response.status_code == 201, response.text
+    run_id = response.json()["id"]
+    browser.get(f"{live_portal.url}/runs/{run_id}")
+    WebDriverWait(browser, 180, poll_frequency=0.5).until(lambda d: _drawn(d, "geometry-layer-evolution"))
+    _show_tab(browser, wait, "Attention vs MLP")
+    WebDriverWait(browser, 30).until(lambda d: _drawn(d, "geometry-attention-mlp"))
+    _click_first_point(browser, "geometry-attention-mlp")
+    button = WebDriverWait(browser, 30).until(EC.element_to_be_clickable((By.ID, "geometry-lens-decode")))
+    assert "not computed" in browser.find_element(By.ID, "geometry-point-details").text
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", button)
+    try:
+        WebDriverWait(browser, 120, poll_frequency=0.5).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#geometry-lens-table tr"))
+    except TimeoutException as exc:
+        browser.save_screenshot(str(artifacts_dir / "e2e-geometry-decode-timeout.png"))
+        raise AssertionError("the decoded lens did not appear:\n" + live_portal.log_tail()) from exc
+    assert "Decoded by run" in browser.find_element(By.ID, "geometry-lens-status").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#geometry-lens-table tr")) == 5
+    browser.save_screenshot(str(artifacts_dir / "e2e-geometry-decoded.png"))
+    # The decoded point stays decoded: a reload shows it without another run.
+    browser.refresh()
+    WebDriverWait(browser, 60).until(lambda d: _drawn(d, "geometry-attention-mlp"))
+    _show_tab(browser, wait, "Attention vs MLP")
+    _click_first_point(browser, "geometry-attention-mlp")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#geometry-lens-table tr"))
+    assert not browser.find_elements(By.ID, "geometry-lens-decode")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import requests
-from browser_helpers import log_in
+from browser_helpers import api_session, log_in
 from PIL import Image
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
@@ -25,15 +25,6 @@ MAP = ".atlas-grid-map .js-plotly-plot"
 TERMINAL = ("succeeded", "failed", "cancelled")
 MAP_DRAWN = ("return [...document.querySelectorAll(arguments[0])]"
              ".filter(g => g._fullData && g._fullData.length && g.querySelector('.nsewdrag')).length")
-
-
-def _api(driver, portal) -> requests.Session:
-    """A requests session carrying the browser's login cookies."""
-    session = requests.Session()
-    for cookie in driver.get_cookies():
-        session.cookies.set(cookie["name"], cookie["value"])
-    assert session.get(portal.url + "/api/runs", timeout=30).status_code == 200
-    return session
 
 
 def _field(driver, name: str):
@@ -105,7 +96,7 @@ def _text_count(driver, graph) -> int:
 def test_grid_map_in_the_browser(live_portal, browser, artifacts_dir):
     portal, wait = live_portal, WebDriverWait(browser, 30)
     log_in(browser, portal)
-    api = _api(browser, portal)
+    api = api_session(browser, portal)
     runs_before = len(api.get(portal.url + "/api/runs", timeout=30).json()["runs"])
 
     # --- the form: a layer past the model's blocks is refused before anything is queued
