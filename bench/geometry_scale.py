@@ -115,13 +115,13 @@ def main() -> None:
         lens = result.summary["lens"]
         print(f"logit lens: {lens['computed']:,} of {lens['points']:,} points (sampled: {lens['sampled']})")
     print(f"explained variance (PC1-3): {np.round(result.arrays['explained_variance_ratio'], 4).tolist()}")
-    views(result.arrays, result.summary)
     if args.keep:
         link = args.keep / "states.npy"
         if link.exists() or link.is_symlink():
             link.unlink()
         os.symlink((Path(root) / stored["states"].uri).resolve(), link)
         print(f"states kept at {link}")
+    views(result.arrays, result.summary)
 
 
 def views(arrays: dict[str, np.ndarray], summary: dict) -> None:
@@ -136,7 +136,7 @@ def views(arrays: dict[str, np.ndarray], summary: dict) -> None:
         built = time.perf_counter() - started
         payload = len(figure.to_json())
         traces = list(figure.data) + [t for frame in figure.frames or () for t in frame.data]
-        drawn = sum(len(getattr(trace, "x", None) or ()) for trace in traces)
+        drawn = sum(0 if getattr(trace, "x", None) is None else len(trace.x) for trace in traces)
         kinds = sorted({trace.type for trace in figure.data})
         print(f"  view {view.label:22s} built in {built:5.2f} s, {payload / MB:6.1f} MB of JSON, "
               f"{drawn:,} points in its traces{' and frames' if figure.frames else ''} ({', '.join(kinds)})")
