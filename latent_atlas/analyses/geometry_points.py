@@ -128,11 +128,11 @@ def _transform(points: Points, fit: PCAFit, unit: bool, select: np.ndarray | Non
     return out
 
 
-def warm_up_umap() -> float:
+def warm_up_umap(points: int = UMAP_WARMUP_POINTS) -> float:
     """Compile UMAP's numba code now (a small seeded fit and transform); returns the seconds taken.
 
     Runs the code paths a run takes: float32 input, ``random_state`` set, and
-    more than ``UMAP_WARMUP_POINTS`` - 1 rows, so the approximate neighbour
+    ``points`` rows (default ``UMAP_WARMUP_POINTS``, above 4,095), so the approximate neighbour
     search (pynndescent: below 4,096 rows UMAP computes exact neighbours and
     compiles none of it) and the transform's index search are compiled too. A
     later run in this process finds everything compiled.
@@ -142,10 +142,10 @@ def warm_up_umap() -> float:
     import umap
 
     started = time.perf_counter()
-    data = np.random.default_rng(0).normal(size=(UMAP_WARMUP_POINTS + 200, 8)).astype(np.float32)
+    data = np.random.default_rng(0).normal(size=(points + 200, 8)).astype(np.float32)
     reducer = umap.UMAP(n_components=3, n_neighbors=15, random_state=0, n_epochs=20)
-    reducer.fit_transform(data[:UMAP_WARMUP_POINTS])
-    reducer.transform(data[UMAP_WARMUP_POINTS:])
+    reducer.fit_transform(data[:points])
+    reducer.transform(data[points:])
     return time.perf_counter() - started
 
 
