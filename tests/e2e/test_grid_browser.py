@@ -192,7 +192,13 @@ def test_grid_map_in_the_browser(live_portal, browser, artifacts_dir):
     browser.execute_script("Plotly.relayout(arguments[0], {'xaxis.range[0]': -8.5, 'xaxis.range[1]': 8.5,"
                            " 'yaxis.range[0]': -6.5, 'yaxis.range[1]': 6.5});", maps[0])
     WebDriverWait(browser, 20).until(lambda d: _ranges(d, maps[1]) == [[-8.5, 8.5], [-6.5, 6.5]])
-    WebDriverWait(browser, 20).until(lambda d: _text_count(d, maps[1]) == 17 * 13 == _text_count(d, maps[0]))
+    try:  # each map's text arrives from its own server callback; generous under a loaded CI
+        WebDriverWait(browser, 60).until(lambda d: _text_count(d, maps[1]) == 17 * 13 == _text_count(d, maps[0]))
+    except TimeoutException as exc:
+        browser.save_screenshot(str(artifacts_dir / "e2e-grid-compare-text-timeout.png"))
+        raise AssertionError(f"zoomed text counts {_text_count(browser, maps[0])}, "
+                             f"{_text_count(browser, maps[1])} (want {17 * 13} each), ranges "
+                             f"{_ranges(browser, maps[0])}, {_ranges(browser, maps[1])}") from exc
     browser.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'})", maps[0])
     time.sleep(0.5)
     browser.save_screenshot(str(artifacts_dir / "e2e-grid-compare.png"))
