@@ -53,7 +53,7 @@ from latent_atlas.analyses.geometry_points import Points, ReduceOptions, describ
 from latent_atlas.analyses.validation import (
     STATIC_MAX_PROMPTS,
     CatalogueModel,
-    check_max_tokens,
+    MaxTokens,
     check_prompts,
     check_token_counts,
     context_get,
@@ -97,7 +97,7 @@ class GeometryParams(BaseModel):
     prompts: list[str] = Field(min_length=1, max_length=STATIC_MAX_PROMPTS)
     token_ids: list[list[int]] | None = None  # exact sequences (a sampled corpus); prompts show them
     corpus: CorpusInfo | None = None
-    max_tokens: int = Field(32, ge=1, le=4096)
+    max_tokens: MaxTokens = 32
     unit_normalise: bool = False
     average: Average = "none"
     reduction: Reduction = "pca"
@@ -121,12 +121,6 @@ class GeometryParams(BaseModel):
     @classmethod
     def _prompts_ok(cls, value: list[str], info: ValidationInfo) -> list[str]:
         check_prompts(value, context_get(info.context, "limits"))
-        return value
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _max_tokens_ok(cls, value: int, info: ValidationInfo) -> int:
-        check_max_tokens(value, context_get(info.context, "limits"))
         return value
 
     @field_validator("components")

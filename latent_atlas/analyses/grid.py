@@ -67,7 +67,7 @@ from latent_atlas.analyses.planes import (
 )
 from latent_atlas.analyses.validation import (
     CatalogueModel,
-    check_max_tokens,
+    MaxTokens,
     check_prompts,
     check_token_counts,
     context_get,
@@ -173,7 +173,7 @@ class GridParams(BaseModel):
     prompts: list[str] | None = Field(None, description="prompts for the pca and through_states planes (pca default: a built-in set)")
     states: list[StateRef] | None = Field(None, description="through_states: exactly three (prompt, position)")
     exclude_first_token: bool = Field(True, description="pca: leave position 0 (an outlier in most models) out of the fit")
-    max_tokens: int = Field(64, ge=1, le=4096, description="tokens per prompt (longer prompts are cut) and of the context")
+    max_tokens: MaxTokens = Field(64, description="tokens per prompt (longer prompts are cut) and of the context")
     context: str | None = Field(None, description="the grid point replaces the state of this prompt's last token")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     dtype: GridDtype = "float32"
@@ -228,12 +228,6 @@ class GridParams(BaseModel):
                 "the context has {chars} characters; the limit is {limit}",
                 {"chars": len(value), "limit": limits.max_prompt_chars},
             )
-        return value
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _max_tokens_ok(cls, value: int, info: ValidationInfo) -> int:
-        check_max_tokens(value, context_get(info.context, "limits"))
         return value
 
     @model_validator(mode="after")

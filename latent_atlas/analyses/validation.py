@@ -27,6 +27,7 @@ from latent_atlas.settings import Limits
 
 __all__ = [
     "CatalogueModel",
+    "MaxTokens",
     "STATIC_MAX_PROMPT_CHARS",
     "STATIC_MAX_PROMPTS",
     "TokenCounter",
@@ -123,6 +124,15 @@ def _catalogue_model(value: str, info: ValidationInfo) -> str:
 
 # The ``model`` field of every run kind: 1-200 characters, not blank, in ``ctx["models"]`` when given.
 CatalogueModel = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_catalogue_model)]
+
+
+def _portal_max_tokens(value: int, info: ValidationInfo) -> int:
+    check_max_tokens(value, context_get(info.context, "limits"))
+    return value
+
+
+# A ``max_tokens`` field: 1-4096, and within ``ctx["limits"].max_tokens_per_prompt`` when given.
+MaxTokens = Annotated[int, Field(ge=1, le=4096), AfterValidator(_portal_max_tokens)]
 
 
 def token_counter(tokenizer: Any) -> TokenCounter:
