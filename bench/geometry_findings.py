@@ -19,10 +19,10 @@ import numpy as np
 import plotly.io as pio
 
 from latent_atlas.analyses.geometry import GeometryParams, run_geometry
-from latent_atlas.analyses.geometry_findings import FINDINGS_OPTIONS, FINDINGS_PROMPTS, findings
+from latent_atlas.analyses.geometry.findings import FINDINGS_OPTIONS, FINDINGS_PROMPTS, findings
 from latent_atlas.lm import fetch_demo_model, load_model
-from latent_atlas.render import CHROMIUM_CANDIDATES
 from latent_atlas.settings import DEMO_GGUF_FILE, DEMO_MODEL_NAME
+from webapp.render import CHROMIUM_CANDIDATES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("layer-evolution", "attention-vs-mlp", "position-0-norm", "positional-structure", "layer-norms")
@@ -58,7 +58,7 @@ def main() -> None:
     if args.figures:
         import os
 
-        from webapp.views.geometry_page import export_figures
+        from webapp.views.geometry.page import export_figures
 
         os.environ.setdefault("BROWSER_PATH", next(p for p in CHROMIUM_CANDIDATES if Path(p).exists()))
         args.figures.mkdir(parents=True, exist_ok=True)

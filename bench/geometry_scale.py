@@ -31,9 +31,9 @@ import psutil
 import torch
 from _model import load_bench_model
 
+from latent_atlas.analyses.corpus import sample_sequences
 from latent_atlas.analyses.geometry import GeometryParams, run_geometry
-from latent_atlas.analyses.geometry_corpus import sample_sequences
-from latent_atlas.analyses.geometry_findings import FINDINGS_PROMPTS
+from latent_atlas.analyses.geometry.findings import FINDINGS_PROMPTS
 from latent_atlas.lm import resolve_device
 from models.store import ArtifactStore
 
@@ -126,7 +126,7 @@ def main() -> None:
 
 def views(arrays: dict[str, np.ndarray], summary: dict) -> None:
     """Build the six views as the run page does (its arrays only) and report time and JSON size."""
-    from webapp.views.geometry_page import ARRAYS, FIGURES
+    from webapp.views.geometry.page import ARRAYS, FIGURES
 
     shown = {name: arrays[name] for name in ARRAYS if name in arrays}
     print(f"run page arrays (all but the states): {sum(a.nbytes for a in shown.values()) / MB:,.1f} MB")

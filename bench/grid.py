@@ -55,7 +55,7 @@ import torch
 from _model import load_bench_model
 
 from latent_atlas.analyses.grid import GridParams, run_grid
-from latent_atlas.analyses.planes import direct_plane, grid_axis
+from latent_atlas.analyses.grid.planes import direct_plane, grid_axis
 from latent_atlas.lm import LanguageModel, resolve_device
 
 BASELINE_BATCH = 1000

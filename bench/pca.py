@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from latent_atlas.analyses.geometry_points import CHUNK, META, Points, rows
+from latent_atlas.analyses.geometry.points import CHUNK, META, Points, rows
 from latent_atlas.reduce import PCAAccumulator
 
 

@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     import tempfile
 
-    from latent_atlas.analyses.geometry_points import warm_up_umap
+    from latent_atlas.analyses.geometry.points import warm_up_umap
 
     prepared = {n: inputs(args.states, n, args.extra) for n in args.points}
     cold = {}

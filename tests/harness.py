@@ -118,7 +118,7 @@ class Portal:
     # -- processes ------------------------------------------------------------
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "latent_atlas.cli", *args],
+            [sys.executable, "-m", "atlas_cli", *args],
             env=self.env, capture_output=True, text=True, check=check, timeout=300,
         )
 
@@ -126,7 +126,7 @@ class Portal:
         self._log_index += 1
         log = open(self.log_dir / f"{self._log_index:02d}-{name}.log", "w")  # noqa: SIM115
         return subprocess.Popen(
-            [sys.executable, "-m", "latent_atlas.cli", *args],
+            [sys.executable, "-m", "atlas_cli", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -38,7 +38,7 @@ def _warm_up_umap() -> None:
     except (AttributeError, OSError):
         pass
     try:
-        from latent_atlas.analyses.geometry_points import warm_up_umap
+        from latent_atlas.analyses.geometry.points import warm_up_umap
 
         log.info("UMAP compiled in %.1f s", warm_up_umap())
     except Exception:  # a failed warm-up only means the first UMAP run compiles

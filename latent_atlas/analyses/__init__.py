@@ -33,7 +33,9 @@ class AnalysisKind:
 
 
 def _registry() -> dict[str, AnalysisKind]:
-    from latent_atlas.analyses import geometry, geometry_lens, geometry_reproject, grid
+    from latent_atlas.analyses import geometry, grid
+    from latent_atlas.analyses.geometry import lens as geometry_lens
+    from latent_atlas.analyses.geometry import reproject as geometry_reproject
 
     return {
         "geometry": AnalysisKind(

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from latent_atlas.analyses.geometry_corpus import MAX_CORPUS_BYTES, CorpusError
+from latent_atlas.analyses.corpus import MAX_CORPUS_BYTES, CorpusError
 
 __all__ = ["MAX_HUB_DOCUMENTS", "HubDataset", "read_hub_dataset", "take_documents"]
 

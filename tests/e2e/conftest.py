@@ -79,7 +79,7 @@ def live_portal(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -
     log_path = data_dir / "up.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed in the finalizer
     process = subprocess.Popen(
-        [sys.executable, "-m", "latent_atlas.cli", "up", "--port", str(port), "--no-fetch"],
+        [sys.executable, "-m", "atlas_cli", "up", "--port", str(port), "--no-fetch"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from latent_atlas.analyses import grid as grid_module
 from latent_atlas.analyses.geometry import GeometryParams, run_geometry
 from latent_atlas.analyses.grid import GridParams, run_grid
+from latent_atlas.analyses.grid import streaming as grid_streaming
 from latent_atlas.lm import load_model, resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -72,8 +72,8 @@ def test_a_real_out_of_memory_halves_the_batch(pair, monkeypatch: pytest.MonkeyP
     params = GridParams(model=gpu.name, layer=1, size=512, spacing=0.05, plane="replicated")
     reference = run_grid(params, gpu)
     # Ask for the whole grid in one batch, under a cap of 64 MiB above what is in use now.
-    monkeypatch.setitem(grid_module.MAX_CELLS, "cuda", 512 * 512)
-    monkeypatch.setitem(grid_module.LOGITS_BUDGET, "cuda", 1 << 40)
+    monkeypatch.setitem(grid_streaming.MAX_CELLS, "cuda", 512 * 512)
+    monkeypatch.setitem(grid_streaming.LOGITS_BUDGET, "cuda", 1 << 40)
     index = torch.cuda.current_device() if gpu.device.index is None else gpu.device.index
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(index).total_memory

@@ -15,7 +15,7 @@ import datasets
 import huggingface_hub
 import pytest
 
-from latent_atlas.analyses.geometry_corpus import CorpusError, sample_sequences
+from latent_atlas.analyses.corpus import CorpusError, sample_sequences
 from latent_atlas.analyses.hub_corpus import HubDataset, read_hub_dataset, take_documents
 from tiny_models import build_tiny_tokenizer
 

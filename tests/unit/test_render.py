@@ -8,11 +8,12 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 
-from latent_atlas import cli
-from latent_atlas.render import PngUnavailable, write_bundle
-from webapp.views import geometry_page
+from atlas_cli import main as cli
+from webapp.render import PngUnavailable, write_bundle
+from webapp.views.geometry import export as geometry_export
+from webapp.views.geometry import page as geometry_page
 
-from .test_views_geometry import synthetic
+from .geometry.test_views import synthetic
 
 
 def _views():
@@ -100,7 +101,7 @@ def test_download_html_zip_holds_the_same_bundle():
     import zipfile
 
     _, arrays, summary = _views()
-    data = geometry_page.html_bundle_zip("RUN1", summary, arrays)
+    data = geometry_export.html_bundle_zip("RUN1", summary, arrays)
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "latent-atlas-RUN1/index.html" in names and "latent-atlas-RUN1/animation.html" in names
     assert len(names) == 7

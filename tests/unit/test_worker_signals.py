@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from latent_atlas.analyses import geometry_points
+from latent_atlas.analyses.geometry import points as geometry_points
 from latent_atlas.settings import get_settings
 from workers import signals
 

@@ -1,6 +1,6 @@
 """One view module per run kind: its form, its figures and its run view.
 
-A view module (``webapp/views/<kind>.py``) provides
+A view package (``webapp/views/<kind>/``, one module per concern) provides
 
 * ``form_fields(settings) -> list`` — the kind's own fields of the New-run form;
   every input uses ``field_id(kind, name)`` as its ID and ``value`` as its
@@ -25,7 +25,7 @@ from typing import Any
 FIELD_TYPE = "new-run-field"
 VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry", "grid": "webapp.views.grid",
                                 "geometry_reproject": "webapp.views.geometry",
-                                "geometry_lens": "webapp.views.geometry_lens"}
+                                "geometry_lens": "webapp.views.geometry.lens"}
 
 
 class FormError(ValueError):

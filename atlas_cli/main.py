@@ -1,0 +1,397 @@
+"""``latent-atlas``: the one command for running and scripting the portal.
+
+Commands that need the database, the broker or the web app import them lazily
+inside the command, so ``latent_atlas`` itself imports nothing of the web stack.
+``submit`` and ``export`` go through the JSON API with an API token, like any
+script would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from latent_atlas.settings import DEMO_MODEL_NAME, get_settings
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- database, users, demo model ------------------------------------------------
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from migrations import runner
+
+    if args.action == "upgrade":
+        runner.upgrade(revision=args.revision or "head")
+    else:
+        runner.downgrade(revision=args.revision or "-1")
+    _log(f"database {args.action} done ({_redacted(get_settings().database_url)})")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def ensure_admin_announced() -> None:
+    """Create the first admin if there are no users; print how to log in."""
+    from webapp.users_service import ensure_admin
+
+    settings = get_settings()
+    settings.ensure_secret_key()  # before any web worker starts, so none races to create it
+    created = ensure_admin()
+    path = settings.data_dir / "admin-password.txt"
+    if created is not None:
+        username, password = created
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{username}\n{password}\n")
+        _log("")
+        _log("  First start: created the admin account.")
+        _log(f"    username: {username}")
+        _log(f"    password: {password}")
+        _log(f"  (also kept in {path}; change it with `latent-atlas users set-password admin`)")
+        _log("")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    import getpass
+
+    from webapp import users_service
+
+    try:
+        if args.action == "list":
+            for user in users_service.list_users():
+                flags = " (admin)" if user["is_admin"] else ""
+                flags += "" if user["is_active"] else " (disabled)"
+                _log(f"{user['username']}{flags}")
+        elif args.action == "create":
+            password = args.password or getpass.getpass(f"password for {args.username}: ")
+            users_service.create_user(args.username, password, is_admin=args.admin)
+            _log(f"created user {args.username}")
+        elif args.action == "set-password":
+            password = args.password or getpass.getpass(f"new password for {args.username}: ")
+            users_service.set_password(args.username, password)
+            _log(f"password of {args.username} changed")
+        elif args.action in ("disable", "enable"):
+            users_service.set_active(args.username, args.action == "enable")
+            _log(f"{args.username} {args.action}d")
+        elif args.action == "token":
+            secret = users_service.create_api_token(args.username, args.name or "cli")
+            _log(secret)
+        elif args.action == "create-admin":
+            ensure_admin_announced()
+    except users_service.UserError as exc:
+        _log(f"error: {exc}")
+        return 2
+    return 0
+
+
+def fetch_demo(quiet: bool = False) -> Path | None:
+    """Fetch the offline demo model if the catalogue uses it; warm its tokenizer."""
+    from latent_atlas.lm import fetch_demo_model, load_tokenizer
+
+    settings = get_settings()
+    if DEMO_MODEL_NAME not in settings.models:
+        return None
+    entry = settings.model_source(DEMO_MODEL_NAME)
+    directory = Path(entry.source)
+    if not quiet:
+        _log(f"demo model: {directory / (entry.gguf_file or '')}")
+    fetch_demo_model(directory)
+    load_tokenizer(str(directory), gguf_file=entry.gguf_file, cache_dir=settings.data_dir / "tokenizers")
+    return directory
+
+
+def cmd_fetch_demo_model(_: argparse.Namespace) -> int:
+    path = fetch_demo()
+    _log(f"demo model ready in {path}" if path else "the demo model is not in the catalogue")
+    return 0
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def web_command(host: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{host}:{port}",
+        "--workers", str(workers),
+        "--threads", "4",
+        "--timeout", "120",
+        "--access-logfile", "-",
+        "webapp.app:wsgi()",
+    ]
+
+
+def worker_command(queues: str, concurrency: int, loglevel: str, name: str) -> list[str]:
+    command = [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker",
+        "--queues", queues, "--concurrency", str(concurrency), "--pool", "prefork",
+        "--loglevel", loglevel, "--hostname", name,
+    ]
+    if get_settings().broker_url.startswith("sqla+"):
+        # The SQL transport has no broadcast: no gossip, mingle or remote control.
+        command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return command
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    ensure_admin_announced()
+    host, port = args.host or settings.host, args.port or settings.port
+    _log(f"Latent Atlas web on http://{host}:{port}/")
+    os.execv(sys.executable, web_command(host, port, args.workers))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    name = args.name or f"{args.queues.replace(',', '-')}@%h"
+    os.execv(sys.executable, worker_command(args.queues, args.concurrency, args.loglevel, name))
+    return 0
+
+
+def _wait_healthy(url: str, timeout: float, processes: list[subprocess.Popen]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Migrate, fetch the demo model, start web + one worker; stop both on Ctrl-C."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    host, port = args.host or settings.host, args.port or settings.port
+    _log(f"data directory: {settings.data_dir}")
+    _log(f"database: {_redacted(settings.database_url)}")
+    _log(f"broker: {_redacted(settings.broker_url)}")
+    from migrations import runner
+
+    runner.upgrade()
+    if not args.no_fetch:
+        fetch_demo()
+    ensure_admin_announced()
+    processes = [
+        subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h")),
+        subprocess.Popen(web_command(host, port, args.web_workers)),
+    ]
+
+    def stop(*_: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    url = f"http://{host}:{port}/"
+    if not _wait_healthy(url + "healthz", 120, processes):
+        _log("error: the web app did not come up; see the log above")
+        stop()
+        return 1
+    _log(f"\n  Latent Atlas is running: {url}\n  Log in with the admin account "
+         f"(password in {settings.data_dir / 'admin-password.txt'}). Ctrl-C stops it.\n")
+    try:
+        while all(p.poll() is None for p in processes):
+            time.sleep(1)
+        _log("error: a process of the portal exited; stopping the rest")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()
+
+
+def cmd_sweep(_: argparse.Namespace) -> int:
+    from workers.sweeper import sweep
+
+    report = sweep()
+    _log(json.dumps(report.__dict__))
+    return 0
+
+
+# -- API clients ----------------------------------------------------------------
+
+
+def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> bytes:
+    token = args.token or os.environ.get("ATLAS_API_TOKEN")
+    if not token:
+        raise SystemExit("error: give --token or set ATLAS_API_TOKEN (create one with "
+                         "`latent-atlas users token USERNAME`)")
+    url = (args.url or f"http://{get_settings().host}:{get_settings().port}").rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise SystemExit(f"error: {exc.code} {detail}") from None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    params = json.loads(Path(args.params).read_text()) if args.params != "-" else json.load(sys.stdin)
+    body = {"kind": args.kind, "params": params, "title": args.title}
+    run = json.loads(_api(args, "POST", "/api/runs", body))
+    _log(run["id"])
+    if args.wait:
+        while run["status"] in ("queued", "running"):
+            time.sleep(1)
+            run = json.loads(_api(args, "GET", f"/api/runs/{run['id']}"))
+        _log(f"{run['id']} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
+        return 0 if run["status"] == "succeeded" else 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    data = _api(args, "GET", f"/api/runs/{args.run_id}/export?format={args.format}")
+    output = Path(args.output or f"latent-atlas-{args.run_id}.{args.format}")
+    output.write_bytes(data)
+    _log(f"wrote {output} ({len(data)} bytes)")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Static export of a geometry run: one HTML file per view + index (+ PNGs), from the database."""
+    from webapp import runs_service
+    from webapp.render import PngUnavailable, write_bundle
+    from webapp.views.geometry import export as geometry_export
+    from webapp.views.geometry import page as geometry_page
+
+    try:
+        run = runs_service.get_run(args.run_id)
+    except runs_service.RunNotFound:
+        _log(f"error: no run {args.run_id}")
+        return 2
+    if run.kind not in ("geometry", "geometry_reproject"):
+        _log(f"error: run {run.id} is a {run.kind} run; render draws geometry runs")
+        return 2
+    if run.status != "succeeded":
+        _log(f"error: run {run.id} is {run.status}; only a succeeded run has views to render")
+        return 2
+    summary = dict(run.summary or {})
+    arrays = runs_service.load_arrays(run, geometry_page.ARRAYS)
+    output = Path(args.output or f"latent-atlas-{run.id}")
+    views = geometry_page.export_figures(arrays, summary)
+    title = f"Latent Atlas run {run.id}" + (f": {run.title}" if run.title else "")
+    try:
+        files = write_bundle(views, output, title=title,
+                             subtitle=geometry_export.bundle_subtitle(run.id, summary), png=not args.no_png)
+    except PngUnavailable as exc:
+        files = exc.written
+        _log(f"warning: {exc}")
+    for path in files:
+        _log(str(path))
+    _log(f"open {output / 'index.html'}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latent-atlas", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="migrate, fetch the demo model, start web + worker")
+    up.add_argument("--host")
+    up.add_argument("--port", type=int)
+    up.add_argument("--web-workers", type=int, default=2)
+    up.add_argument("--no-fetch", action="store_true", help="do not fetch the demo model")
+    up.add_argument("--loglevel", default="INFO")
+    up.set_defaults(func=cmd_up)
+
+    web = sub.add_parser("web", help="serve the web app with gunicorn")
+    web.add_argument("--host")
+    web.add_argument("--port", type=int)
+    web.add_argument("--workers", type=int, default=2)
+    web.set_defaults(func=cmd_web)
+
+    worker = sub.add_parser("worker", help="start a Celery worker")
+    worker.add_argument("--queues", default="gpu,cpu")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--name")
+    worker.set_defaults(func=cmd_worker)
+
+    db = sub.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?")
+    db.set_defaults(func=cmd_db)
+
+    users = sub.add_parser("users", help="manage accounts and API tokens")
+    users.add_argument("action", choices=["list", "create", "set-password", "disable", "enable",
+                                          "token", "create-admin"])
+    users.add_argument("username", nargs="?")
+    users.add_argument("--admin", action="store_true")
+    users.add_argument("--password")
+    users.add_argument("--name", help="a label for the API token")
+    users.set_defaults(func=cmd_users)
+
+    fetch = sub.add_parser("fetch-demo-model", help="fetch SmolLM2-135M (offline demo model)")
+    fetch.set_defaults(func=cmd_fetch_demo_model)
+
+    sweep = sub.add_parser("sweep", help="re-dispatch undelivered runs, reap stale ones (once)")
+    sweep.set_defaults(func=cmd_sweep)
+
+    render = sub.add_parser("render", help="write a geometry run's views as self-contained HTML (+ PNG)")
+    render.add_argument("run_id")
+    render.add_argument("--output", help="directory (default: latent-atlas-RUN_ID)")
+    render.add_argument("--no-png", action="store_true", help="HTML only (PNGs need Chromium)")
+    render.set_defaults(func=cmd_render)
+
+    for name, func, helptext in (("submit", cmd_submit, "submit a run through the API"),
+                                 ("export", cmd_export, "download a run's data through the API")):
+        command = sub.add_parser(name, help=helptext)
+        command.add_argument("--url")
+        command.add_argument("--token")
+        if name == "submit":
+            command.add_argument("kind")
+            command.add_argument("params", help="a JSON file of params, or - for stdin")
+            command.add_argument("--title")
+            command.add_argument("--wait", action="store_true")
+        else:
+            command.add_argument("run_id")
+            command.add_argument("--format", choices=["zip", "json", "npz"], default="zip")
+            command.add_argument("--output")
+        command.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "users" and args.action not in ("list", "create-admin") and not args.username:
+        build_parser().error(f"users {args.action} needs a USERNAME")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
