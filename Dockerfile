@@ -37,8 +37,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # pip requirement for torch; transformers 5 needs torch >= 2.6. Pin it here
 # (e.g. "torch==2.9.1") for reproducible images.
 ARG TORCH_REQUIREMENT=torch>=2.6
-# Optional extras of the project to install, comma separated (e.g. "sae").
-ARG ATLAS_EXTRAS=sae
+# Optional extras of the project to install, comma separated (e.g. "test"); sae-lens is a core dependency.
+ARG ATLAS_EXTRAS=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
