@@ -10,7 +10,7 @@ Every process (web, worker, CLI, tests) reads its configuration from
   restarts.
 * A user may only run models named in ``models`` (the admin's catalogue).
 
-Nested values (``models``, ``limits``) are given as JSON, e.g.
+Nested values (``models``, ``saes``, ``limits``) are given as JSON, e.g.
 ``ATLAS_LIMITS='{"max_prompts": 64}'`` or ``ATLAS_LIMITS__MAX_PROMPTS=64``.
 """
 
@@ -21,6 +21,7 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,33 @@ class Limits(BaseModel):
     max_title_chars: int = Field(200, ge=1)
 
 
+class SaeEntry(BaseModel):
+    """One SAE of the admin's catalogue (``ATLAS_SAES``).
+
+    ``source`` is ``"disk"`` (a directory saved by sae-lens: ``cfg.json`` +
+    ``sae_weights.safetensors``; ``{data_dir}`` is resolved) or ``"pretrained"``
+    (a sae-lens release + SAE id, fetched from the Hugging Face hub); ``model``
+    is the catalogue model the SAE was trained on.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    source: Literal["disk", "pretrained"]
+    model: str
+    path: str | None = None
+    release: str | None = None
+    sae_id: str | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _fields_for_source(self) -> SaeEntry:
+        if self.source == "disk" and not self.path:
+            raise ValueError("a disk SAE needs a path")
+        if self.source == "pretrained" and not (self.release and self.sae_id):
+            raise ValueError("a pretrained SAE needs a release and an sae_id")
+        return self
+
+
 def _default_models() -> dict[str, ModelEntry]:
     return {
         DEMO_MODEL_NAME: ModelEntry(
@@ -83,6 +111,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8050, ge=1, le=65535)
     models: dict[str, ModelEntry] = Field(default_factory=_default_models)
+    # The SAE catalogue: {"name": {"source": "disk", "path": ..., "model": ...}}. Users may
+    # also name a directory under {data_dir}/saes or an SAE a sae_train run saved.
+    saes: dict[str, SaeEntry] = Field(default_factory=dict)
     default_model: str = DEMO_MODEL_NAME
     limits: Limits = Field(default_factory=Limits)
 
@@ -114,6 +145,9 @@ class Settings(BaseSettings):
             raise ValueError("hard_time_limit must exceed soft_time_limit")
         if self.stale_after <= 3 * self.heartbeat_every:
             raise ValueError("stale_after must exceed 3 * heartbeat_every")
+        for name, sae in self.saes.items():
+            if sae.model not in self.models:
+                raise ValueError(f"SAE {name!r} names model {sae.model!r}, which is not in the model catalogue")
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in the model catalogue")
         return self
@@ -135,6 +169,16 @@ class Settings(BaseSettings):
         return entry.model_copy(
             update={"source": entry.source.replace("{data_dir}", str(self.data_dir))}
         )
+
+    def sae_entry(self, name: str) -> SaeEntry:
+        """The SAE catalogue entry ``name`` with ``{data_dir}`` resolved; ``KeyError`` names the allowed ones."""
+        if name not in self.saes:
+            allowed = ", ".join(sorted(self.saes)) or "none"
+            raise KeyError(f"SAE {name!r} is not in this portal's SAE catalogue (allowed: {allowed})")
+        entry = self.saes[name]
+        if entry.path is None:
+            return entry
+        return entry.model_copy(update={"path": entry.path.replace("{data_dir}", str(self.data_dir))})
 
     def ensure_secret_key(self) -> str:
         """Return the secret key, generating and persisting it on first use."""
