@@ -9,8 +9,10 @@ Invariants:
   accepted run is never lost even if the broker is down.
 * Only the owner or an admin may cancel; anyone logged in may view.
 * The web process never loads a model: it loads tokenizers only (cached), and
-  for params with a ``layer`` the model's block count from its config alone
-  (``model_n_layers``: config.json or the GGUF header, never weights).
+  the model's block count and vocabulary size from its config alone
+  (``webapp.model_shape``: config.json or the GGUF header, never weights), so
+  layers and token ids are checked before queueing (context keys ``n_layers``
+  and ``vocab_size``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,8 @@ import hashlib
 import io
 import json
 import logging
-import struct
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from latent_atlas.settings import get_settings
 from models import Run, RunStatus, User, session_scope
 from models.base import utcnow
 from models.store import ArtifactStore
+from webapp.model_shape import model_shape
 
 log = logging.getLogger(__name__)
 
@@ -89,95 +89,6 @@ def _token_counter(model_name: str):
     return count
 
 
-_config_lock = threading.Lock()
-_n_layers: dict[str, tuple[float, int | None]] = {}
-N_LAYERS_RETRY_S = 300.0  # a model whose config could not be read is tried again after this
-
-# GGUF metadata value types (gguf.GGUFValueType): fixed sizes and struct formats; 8 string, 9 array.
-_GGUF_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def gguf_block_count(path: Path) -> int | None:
-    """``<arch>.block_count`` from a GGUF file's header, reading only the metadata before it.
-
-    The key/value section is walked in order and the scan stops at the key
-    (llama.cpp writes it before the tokenizer's large arrays); ``None`` when
-    the file has no such key.
-    """
-    with open(path, "rb") as handle:
-        def read(fmt: str):
-            return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))
-
-        def string() -> str:
-            (length,) = read("<Q")
-            return handle.read(length).decode("utf-8", "replace")
-
-        def skip(kind: int) -> None:
-            if kind == 8:
-                (length,) = read("<Q")
-                handle.seek(length, 1)
-            elif kind == 9:
-                item, count = read("<IQ")
-                if item in _GGUF_FORMATS:
-                    handle.seek(struct.calcsize(_GGUF_FORMATS[item]) * count, 1)
-                else:
-                    for _ in range(count):
-                        skip(item)
-            elif kind in _GGUF_FORMATS:
-                handle.seek(struct.calcsize(_GGUF_FORMATS[kind]), 1)
-            else:
-                raise ValueError(f"unknown GGUF value type {kind}")
-
-        if handle.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        read("<I")  # version
-        _tensors, n_kv = read("<QQ")
-        arch = None
-        for _ in range(n_kv):
-            key = string()
-            (kind,) = read("<I")
-            if key == "general.architecture" and kind == 8:
-                arch = string()
-            elif arch is not None and key == f"{arch}.block_count" and kind in _GGUF_FORMATS:
-                return int(read(_GGUF_FORMATS[kind])[0])
-            else:
-                skip(kind)
-    return None
-
-
-def _read_n_layers(entry: Any) -> int | None:
-    if entry.gguf_file is not None:
-        path = Path(entry.source) / entry.gguf_file
-        return gguf_block_count(path) if path.is_file() else None  # a hub GGUF would be downloaded
-    from transformers import AutoConfig
-
-    kwargs = {"revision": entry.revision} if entry.revision else {}
-    config = AutoConfig.from_pretrained(entry.source, **kwargs).get_text_config()
-    value = getattr(config, "num_hidden_layers", None)
-    return int(value) if value is not None else None
-
-
-def model_n_layers(model_name: str) -> int | None:
-    """The block count of a catalogue model from its config, without weights; ``None`` if unknown.
-
-    Cached per model; a failure is remembered for ``N_LAYERS_RETRY_S`` seconds
-    and leaves the layer check to the worker.
-    """
-    now = time.monotonic()
-    with _config_lock:
-        cached = _n_layers.get(model_name)
-        if cached is not None and (cached[1] is not None or now - cached[0] < N_LAYERS_RETRY_S):
-            return cached[1]
-        try:
-            value = _read_n_layers(get_settings().model_source(model_name))
-        except Exception as exc:  # noqa: BLE001 - any failure means "unknown here"
-            log.info("could not read the block count of model %s: %s", model_name, exc)
-            value = None
-        _n_layers[model_name] = (now, value)
-        return value
-
-
 def _format_validation_error(exc: ValidationError) -> list[str]:
     messages = []
     for error in exc.errors():
@@ -202,10 +113,11 @@ def validate_params(kind_name: str, raw: Any) -> Any:
     model_name = raw.get("model")
     if isinstance(model_name, str) and model_name in settings.models:
         context["count_tokens"] = _token_counter(model_name)
-        if "layer" in raw:
-            n_layers = model_n_layers(model_name)
-            if n_layers is not None:
-                context["n_layers"] = n_layers
+        shape = model_shape(model_name)  # bounds of layers and token ids, from the config alone
+        if shape.n_layers is not None:
+            context["n_layers"] = shape.n_layers
+        if shape.vocab_size is not None:
+            context["vocab_size"] = shape.vocab_size
     try:
         return kind.params.model_validate(raw, context=context)
     except ValidationError as exc:

@@ -1,9 +1,12 @@
 """The parameters of a ``geometry`` run: one pydantic model, bounds and layer checks.
 
 Invariants: every bound a user can set is here (the web process validates with
-this model before anything is queued, with ``n_layers`` and ``count_tokens``
-in the validation context when it knows them); ``check_layers`` is the one
-check of a layer range against a model, used before queueing and by the run.
+this model before anything is queued, with ``n_layers``, ``vocab_size`` and
+``count_tokens`` in the validation context when it knows them, read from the
+model's config or GGUF header without weights); ``check_layers`` (layer range
+and ``positional_layer``) and ``check_token_ids`` (exact sequences against the
+vocabulary) are the one check of each against a model, used before queueing
+and again by the run.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from latent_atlas.analyses.validation import (
 )
 from latent_atlas.lm.hooks import COMPONENTS
 
-__all__ = ["Average", "Component", "CorpusInfo", "GeometryParams", "Reduction", "check_layers"]
+__all__ = ["Average", "Component", "CorpusInfo", "GeometryParams", "Reduction", "check_layers", "check_token_ids"]
 
 Average = Literal["none", "samples", "positions"]
 Reduction = Literal["pca", "umap"]
@@ -108,6 +111,9 @@ class GeometryParams(BaseModel):
                 if min(row) < 0:
                     raise PydanticCustomError("negative_token", "sequence {index} has a negative token id",
                                               {"index": index})
+            vocab_size = context_get(info.context, "vocab_size")
+            if vocab_size is not None:
+                check_token_ids(self.token_ids, int(vocab_size))
             return self
         count_tokens = context_get(info.context, "count_tokens")
         if count_tokens is not None:
@@ -136,3 +142,14 @@ def check_layers(params: Any, n_layers: int) -> None:
         raise PydanticCustomError(
             "positional_layer", "positional_layer is {layer}; the model has layers 0..{last}",
             {"layer": positional, "last": n_layers - 1})
+
+
+def check_token_ids(token_ids: list[list[int]], vocab_size: int) -> None:
+    """Every id of every sequence is a row of the model's vocabulary (``0 <= id < vocab_size``)."""
+    for index, row in enumerate(token_ids, start=1):
+        low, high = min(row), max(row)
+        if low < 0 or high >= vocab_size:
+            raise PydanticCustomError(
+                "token_id_out_of_range",
+                "sequence {index} has token id {token}; the model's vocabulary is 0..{last}",
+                {"index": index, "token": low if low < 0 else high, "last": vocab_size - 1})

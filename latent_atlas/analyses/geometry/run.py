@@ -48,7 +48,7 @@ from pydantic_core import PydanticCustomError
 from torch import Tensor
 
 from latent_atlas.analyses.base import Progress, Result, no_progress
-from latent_atlas.analyses.geometry.params import GeometryParams
+from latent_atlas.analyses.geometry.params import GeometryParams, check_token_ids
 from latent_atlas.analyses.geometry.points import Points, describe
 from latent_atlas.lm.hooks import COMPONENTS, capture_points, verify_capture
 from latent_atlas.lm.lens import logit_lens
@@ -66,10 +66,7 @@ POSITIONAL_COMPONENT = "resid_post"
 
 def _tokenise(lm: LanguageModel, params: GeometryParams) -> tuple[list[list[int]], list[bool]]:
     if params.token_ids is not None:
-        vocab = lm.vocab_size
-        for index, row in enumerate(params.token_ids, start=1):
-            if max(row) >= vocab:
-                raise ValueError(f"sequence {index} has token id {max(row)}; the vocabulary has {vocab}")
+        check_token_ids(params.token_ids, lm.vocab_size)
         return [list(map(int, row)) for row in params.token_ids], [False] * len(params.token_ids)
     full = lm.tokenizer(params.prompts)["input_ids"]
     ids = [list(map(int, row[: params.max_tokens])) for row in full]

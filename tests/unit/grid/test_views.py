@@ -373,14 +373,14 @@ def test_layer_out_of_range_is_refused_by_the_params_model():
 
 def test_validate_params_knows_the_block_count(monkeypatch, tiny_gpt2_dir):
     from latent_atlas.settings import get_settings
-    from webapp import runs_service
+    from webapp import model_shape, runs_service
 
     monkeypatch.setenv("ATLAS_MODELS", json.dumps({"tiny": {"source": str(tiny_gpt2_dir)}}))
     monkeypatch.setenv("ATLAS_DEFAULT_MODEL", "tiny")
     get_settings.cache_clear()
-    runs_service._n_layers.clear()
+    model_shape.clear_cache()
     try:
-        assert runs_service.model_n_layers("tiny") == 3
+        assert model_shape.model_shape("tiny").n_layers == 3
         ok = runs_service.validate_params("grid", {"model": "tiny", "layer": 3, "size": 8})
         assert ok.layer == 3
         with pytest.raises(runs_service.SubmissionError) as caught:
@@ -392,13 +392,13 @@ def test_validate_params_knows_the_block_count(monkeypatch, tiny_gpt2_dir):
             runs_service.validate_params("grid", {"model": "tiny", "layer": 0, "plane": "spiral"})
     finally:
         get_settings.cache_clear()
-        runs_service._n_layers.clear()
+        model_shape.clear_cache()
 
 
-def test_gguf_block_count_reads_the_header(tmp_path):
+def test_gguf_shape_reads_the_header(tmp_path):
     import gguf
 
-    from webapp.runs_service import gguf_block_count
+    from webapp.model_shape import ModelShape, gguf_shape
 
     path = tmp_path / "m.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -410,11 +410,11 @@ def test_gguf_block_count_reads_the_header(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    assert gguf_block_count(path) == 7
+    assert gguf_shape(path) == ModelShape(n_layers=7, vocab_size=3)  # the token list's length
     bogus = tmp_path / "x.gguf"
     bogus.write_bytes(b"nope" * 10)
     with pytest.raises(ValueError):
-        gguf_block_count(bogus)
+        gguf_shape(bogus)
 
 
 def test_compare_page_parses_run_ids():
