@@ -33,7 +33,7 @@ class AnalysisKind:
 
 
 def _registry() -> dict[str, AnalysisKind]:
-    from latent_atlas.analyses import geometry, grid
+    from latent_atlas.analyses import anatomy, geometry, grid
     from latent_atlas.analyses.geometry import lens as geometry_lens
     from latent_atlas.analyses.geometry import reproject as geometry_reproject
 
@@ -65,6 +65,13 @@ def _registry() -> dict[str, AnalysisKind]:
             title="Token map of a layer (grid)",
             params=grid.GridParams,
             run=grid.run_grid,
+            queue="gpu",
+        ),
+        "anatomy": AnalysisKind(
+            name="anatomy",
+            title="Model anatomy: summary, activations, attention, embeddings, saliency, logit lens",
+            params=anatomy.AnatomyParams,
+            run=anatomy.run_anatomy,
             queue="gpu",
         ),
     }
