@@ -113,6 +113,26 @@ class ArtifactStore:
                 out[i] = np.frombuffer(handle.read(row_bytes), dtype=dtype).reshape(shape[1:])
         return out
 
+    def read_range(self, uri: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (axis 0) of a stored C-order array with one seek and one read.
+
+        Bounds are clipped like a slice (``stop`` past the end reads to the end);
+        what the views use for one latent's slice of a CSC array.
+        """
+        with self.fs.open(self._path(uri), "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            if fortran or dtype.hasobject:
+                raise ValueError(f"{uri}: range reads need a C-order array of plain values")
+            start, stop, _ = slice(int(start), int(stop)).indices(shape[0])
+            count = max(0, stop - start)
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            handle.seek(handle.tell() + start * row_bytes)
+            data = handle.read(count * row_bytes)
+        return np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:]).copy()
+
     def verify(self, uri: str, sha256: str) -> bool:
         return hashlib.sha256(self.read_bytes(uri)).hexdigest() == sha256
 
