@@ -100,6 +100,20 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
     return messages
 
 
+def run_info(run_id: str) -> dict[str, Any] | None:
+    """``{kind, status, model, summary}`` of a run, ``None`` when there is none.
+
+    In the validation context as ``ctx["run_info"]``: params that name another
+    run (a scan's basis run) are checked against it before anything is queued.
+    """
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return None
+        return {"kind": run.kind, "status": run.status, "model": run.model,
+                "summary": dict(run.summary or {})}
+
+
 def validate_params(kind_name: str, raw: Any) -> Any:
     """Validated params for ``kind_name``; raises ``SubmissionError``."""
     settings = get_settings()
@@ -109,7 +123,8 @@ def validate_params(kind_name: str, raw: Any) -> Any:
         raise SubmissionError([str(exc.args[0])]) from None
     if not isinstance(raw, dict):
         raise SubmissionError(["params must be a JSON object"])
-    context: dict[str, Any] = {"limits": settings.limits, "models": set(settings.models)}
+    context: dict[str, Any] = {"limits": settings.limits, "models": set(settings.models),
+                               "run_info": run_info}
     model_name = raw.get("model")
     if isinstance(model_name, str) and model_name in settings.models:
         context["count_tokens"] = _token_counter(model_name)

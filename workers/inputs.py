@@ -3,7 +3,9 @@
 ``StoredRuns().load(run_id, names)`` returns a finished run's summary and the
 named arrays it has (others are skipped); ``rows(run_id, name, rows)`` reads
 only some rows of one array (e.g. a few stored states for the logit lens);
-``model(run_id)`` is the catalogue model the run used. Invariant: only a
+``model(run_id)`` is the catalogue model the run used; ``info(run_id)`` is
+``{kind, status, model, summary}`` of any run (``None`` when there is none),
+for checks that name what is wrong with an input. Invariant: only a
 ``succeeded`` run can be an input; anything else is a clear ``ValueError`` that
 fails the child.
 """
@@ -41,6 +43,14 @@ class StoredRuns:
         if name not in uris:
             raise ValueError(f"run {run_id} has no stored {name!r}")
         return ArtifactStore().read_rows(uris[name], rows)
+
+    def info(self, run_id: str) -> dict[str, Any] | None:
+        with session_scope() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                return None
+            return {"kind": run.kind, "status": run.status, "model": run.model,
+                    "summary": dict(run.summary or {})}
 
     def model(self, run_id: str) -> str:
         return str(self._read(run_id)[1].get("model", ""))

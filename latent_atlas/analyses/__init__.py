@@ -33,7 +33,7 @@ class AnalysisKind:
 
 
 def _registry() -> dict[str, AnalysisKind]:
-    from latent_atlas.analyses import anatomy, geometry, grid
+    from latent_atlas.analyses import anatomy, geometry, grid, scan
     from latent_atlas.analyses.geometry import lens as geometry_lens
     from latent_atlas.analyses.geometry import reproject as geometry_reproject
 
@@ -73,6 +73,14 @@ def _registry() -> dict[str, AnalysisKind]:
             params=anatomy.AnatomyParams,
             run=anatomy.run_anatomy,
             queue="gpu",
+        ),
+        "scan": AnalysisKind(
+            name="scan",
+            title="Layer-time scan (one prompt, or A/B diff)",
+            params=scan.ScanParams,
+            run=scan.run_scan,
+            queue="gpu",
+            reads_runs=True,  # a basis run ("project into the space of run X")
         ),
     }
 
