@@ -25,7 +25,8 @@ from typing import Any
 FIELD_TYPE = "new-run-field"
 VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry", "grid": "webapp.views.grid",
                                 "geometry_reproject": "webapp.views.geometry",
-                                "geometry_lens": "webapp.views.geometry.lens"}
+                                "geometry_lens": "webapp.views.geometry.lens",
+                                "sae": "webapp.views.sae"}
 
 
 class FormError(ValueError):
