@@ -127,7 +127,13 @@ class Settings(BaseSettings):
     sweep_every: float = Field(15.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=20)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    login_rate_limit: str = "10 per minute"
+    login_rate_limit: str = "10 per minute"  # per client address, for the whole portal
+    # How long "remember me" keeps a browser logged in; logout, a password change and
+    # disabling the account end it sooner.
+    remember_days: int = Field(14, ge=1, le=365)
+    # The portal is served over HTTPS (behind a TLS proxy): session, remember-me and CSRF
+    # cookies get ``Secure`` and responses send Strict-Transport-Security.
+    secure_cookies: bool = False
     # Compile UMAP's numba code once in each worker process at start (a low-priority thread),
     # so no run pays the compile (~45 s on 2 CPU cores, bench/umap_compile.py).
     umap_warmup: bool = True

@@ -5,6 +5,7 @@ run; the broker is only transport.
 """
 
 from models.base import Base
+from models.rate_limit import RateLimitCounter
 from models.run import TERMINAL_STATUSES, Artifact, Run, RunStatus
 from models.session import get_engine, get_sessionmaker, session_scope
 from models.user import ApiToken, User
@@ -13,6 +14,7 @@ __all__ = [
     "ApiToken",
     "Artifact",
     "Base",
+    "RateLimitCounter",
     "Run",
     "RunStatus",
     "TERMINAL_STATUSES",

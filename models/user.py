@@ -1,4 +1,10 @@
-"""Users and their API tokens. Passwords and tokens are stored hashed only."""
+"""Users and their API tokens. Passwords and tokens are stored hashed only.
+
+Invariants: a login session carries ``User.get_id()`` = ``"<id>:<session_version>"``
+(Flask-Login's alternative id, also inside the remember-me cookie), so raising
+``session_version`` ends every session of that account at once; a token with
+``revoked_at`` set is refused, whatever the state of its user.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Raised on logout, password change and disable: every older session cookie stops working.
+    session_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
@@ -46,7 +54,20 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        """The alternative id Flask-Login keeps in the session and the remember cookie."""
+        return session_id(self.id, self.session_version)
+
+
+def session_id(user_id: int, version: int) -> str:
+    return f"{user_id}:{version}"
+
+
+def parse_session_id(value: str) -> tuple[int, int] | None:
+    """``(user_id, session_version)`` from ``"<id>:<version>"``; ``None`` for anything else."""
+    head, sep, tail = value.partition(":")
+    if not sep or not head.isdigit() or not tail.isdigit():
+        return None
+    return int(head), int(tail)
 
 
 def hash_token(token: str) -> str:
@@ -54,7 +75,8 @@ def hash_token(token: str) -> str:
 
 
 class ApiToken(Base):
-    """A per-user bearer token for scripts. Only its sha256 is stored."""
+    """A named per-user bearer token for scripts. Only its sha256 is stored (the secret is
+    32 random bytes, so a fast hash suffices); a revoked token stays listed, refused."""
 
     __tablename__ = "api_tokens"
 
@@ -64,6 +86,7 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
 

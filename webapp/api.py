@@ -4,8 +4,13 @@ Grid runs also export their token map: ``/api/runs/<id>/grid.json`` and
 ``/api/runs/<id>/grid.png`` (``?color=token|probability|entropy``, ``?cell=``
 pixels per cell); see ``webapp.views.grid``.
 
-Errors are JSON ``{"error": ..., "messages": [...]}`` with a 4xx status; a
-malformed body is a 400, never a stack trace.
+API tokens: ``GET /api/tokens`` (yours; an admin may add ``?user=NAME`` or
+``?user=*``), ``POST /api/tokens`` ``{"name": ...}`` (answers the secret once),
+``DELETE /api/tokens/<id>`` (revoke; the owner or an admin).
+
+Errors are JSON ``{"error": ..., "messages": [...]}`` with a 4xx status
+(``webapp.api_errors``: every ``/api/`` answer is JSON); a malformed, oversized
+or too deeply nested body and a field of the wrong type are 4xx, never a 500.
 """
 
 from __future__ import annotations
@@ -13,12 +18,21 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from webapp import runs_service
+from webapp import runs_service, users_service
+from webapp.api_errors import read_json_object
 from webapp.auth import request_user
-from webapp.runs_service import NotAllowed, RunFilter, RunNotFound, SubmissionError
+from webapp.runs_service import (
+    NotAllowed,
+    RunFilter,
+    RunNotFound,
+    SubmissionError,
+    format_validation_error,
+)
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -42,23 +56,70 @@ def _invalid(exc: SubmissionError):
     return _error(400, "invalid submission", exc.messages)
 
 
+class Submission(BaseModel):
+    """The body of ``POST /api/runs``; strict: no coercion between JSON types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any]
+    title: str | None = Field(None, max_length=10_000)
+    tags: list[str] | None = Field(None, max_length=1_000)
+    parent_id: str | None = Field(None, min_length=1, max_length=64)
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(max_length=users_service.MAX_TOKEN_NAME)
+
+
+def _validated(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise SubmissionError(format_validation_error(exc)) from None
+
+
 @api.post("/runs")
 def submit():
-    body = request.get_json(silent=True)
-    if body is None:
-        return _error(400, "malformed JSON: the body must be a JSON object "
-                      '{"kind": ..., "params": {...}}')
-    if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
-        return _error(400, 'the body must be a JSON object with a string "kind" and an object "params"')
+    body = _validated(Submission, read_json_object())
     run = runs_service.submit_run(
         request_user().id,
-        body["kind"],
-        body.get("params"),
-        title=body.get("title"),
-        tags=body.get("tags"),
-        parent_id=body.get("parent_id"),
+        body.kind,
+        body.params,
+        title=body.title,
+        tags=body.tags,
+        parent_id=body.parent_id,
     )
     return jsonify(runs_service.run_detail(run)), 201
+
+
+@api.get("/tokens")
+def list_tokens():
+    user = request_user()
+    wanted = request.args.get("user") or user.username
+    if wanted != user.username and not user.is_admin:
+        return _error(403, "only an admin may list another user's tokens")
+    return jsonify(tokens=users_service.list_tokens(None if wanted == "*" else wanted))
+
+
+@api.post("/tokens")
+def create_token():
+    body = _validated(TokenRequest, read_json_object())
+    try:
+        record = users_service.create_token_record(request_user().username, body.name)
+    except users_service.UserError as exc:
+        return _error(400, str(exc))
+    return jsonify(record), 201
+
+
+@api.delete("/tokens/<int:token_id>")
+def revoke_token(token_id: int):
+    try:
+        return jsonify(users_service.revoke_token(request_user(), token_id))
+    except users_service.UserError as exc:
+        return _error(404, str(exc))
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

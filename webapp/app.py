@@ -16,7 +16,9 @@ from flask import Flask, jsonify
 
 from latent_atlas.settings import get_settings
 from webapp.api import api
+from webapp.api_errors import init_api_errors
 from webapp.auth import init_auth
+from webapp.security import init_security, set_inline_script_hashes
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +57,9 @@ def create_server() -> Flask:
         REMEMBER_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=32 * 1024 * 1024,
     )
+    init_security(server)  # before init_auth: cross-site requests are refused before anything else
     init_auth(server)
+    init_api_errors(server)
     server.register_blueprint(api)
 
     @server.get("/healthz")
@@ -80,6 +84,7 @@ def create_app() -> Dash:
     app.layout = html.Div(
         [dcc.Location(id="url"), _navbar(), dbc.Container(dash.page_container, fluid=True)]
     )
+    set_inline_script_hashes(server, app.csp_hashes)
     return app
 
 

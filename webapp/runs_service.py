@@ -89,7 +89,7 @@ def _token_counter(model_name: str):
     return count
 
 
-def _format_validation_error(exc: ValidationError) -> list[str]:
+def format_validation_error(exc: ValidationError) -> list[str]:
     messages = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error.get("loc", ()))
@@ -98,6 +98,22 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
             text = text[len("Value error, "):]
         messages.append(f"{where}: {text}" if where else text)
     return messages
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string (key or value) of a JSON-like value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def run_info(run_id: str) -> dict[str, Any] | None:
@@ -134,9 +150,18 @@ def validate_params(kind_name: str, raw: Any) -> Any:
         if shape.vocab_size is not None:
             context["vocab_size"] = shape.vocab_size
     try:
-        return kind.params.model_validate(raw, context=context)
+        # Strict JSON-mode validation: no coercion between JSON types (``true`` is not 1,
+        # ``"5"`` is not 5), for every field of every kind; JSON arrays still fill tuples.
+        document = json.dumps(raw, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SubmissionError([f"params must be plain JSON values ({exc})"]) from None
+    try:
+        params = kind.params.model_validate_json(document, strict=True, context=context)
     except ValidationError as exc:
-        raise SubmissionError(_format_validation_error(exc)) from None
+        raise SubmissionError(format_validation_error(exc)) from None
+    if _has_nul(raw):  # PostgreSQL text cannot hold NUL
+        raise SubmissionError(["params: text may not contain NUL characters"])
+    return params
 
 
 def params_hash(kind: str, params: dict[str, Any]) -> str:
@@ -146,6 +171,8 @@ def params_hash(kind: str, params: dict[str, Any]) -> str:
 
 def _clean_title(title: str | None) -> str:
     title = (title or "").strip()
+    if "\x00" in title:
+        raise SubmissionError(["title: may not contain NUL characters"])
     limit = get_settings().limits.max_title_chars
     if len(title) > limit:
         raise SubmissionError([f"title: at most {limit} characters"])
@@ -157,6 +184,8 @@ def _clean_tags(tags: Any) -> list[str]:
         return []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise SubmissionError(["tags: must be a list of strings"])
+    if any("\x00" in t for t in tags):
+        raise SubmissionError(["tags: may not contain NUL characters"])
     cleaned = [t.strip() for t in tags if t.strip()]
     if len(cleaned) > 20 or any(len(t) > 50 for t in cleaned):
         raise SubmissionError(["tags: at most 20 tags of at most 50 characters"])

@@ -3,7 +3,10 @@
 Params models call these from pydantic validators. What is checked depends on
 the validation context (``Params.model_validate(raw, context=ctx)``):
 
-* always: static bounds (at least one prompt, none empty after ``strip()``);
+* always: static bounds (at least one prompt, none empty: a prompt needs a
+  character that is neither whitespace nor a control/format character, so a
+  lone NUL byte is empty; no prompt may contain NUL, which PostgreSQL text
+  cannot hold);
 * ``ctx["limits"]`` (a ``latent_atlas.settings.Limits``): the portal's bounds
   on prompt count, prompt length in characters and tokens per prompt;
 * ``ctx["models"]`` (a collection of names): the model must be one of them;
@@ -13,14 +16,20 @@ the validation context (``Params.model_validate(raw, context=ctx)``):
 Invariant: every message names the offending prompt by its 1-based index and
 the limit it broke, and never echoes the prompt text (it may be long or odd).
 Messages are ``PydanticCustomError`` so pydantic shows them verbatim.
+
+Numbers and switches of the params models are strict (``StrictInt``,
+``StrictBool``, ``MaxTokens``): JSON ``true`` is not the integer 1 and ``1`` is
+not a switch. The web process also validates whole params in pydantic's strict
+JSON mode (``webapp.runs_service.validate_params``).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic import AfterValidator, Field, Strict, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from latent_atlas.settings import Limits
@@ -30,6 +39,8 @@ __all__ = [
     "MaxTokens",
     "STATIC_MAX_PROMPT_CHARS",
     "STATIC_MAX_PROMPTS",
+    "StrictBool",
+    "StrictInt",
     "TokenCounter",
     "check_max_tokens",
     "check_model_name",
@@ -43,6 +54,19 @@ STATIC_MAX_PROMPTS = 100_000
 STATIC_MAX_PROMPT_CHARS = 1_000_000
 
 TokenCounter = Callable[[list[str]], list[int]]
+
+# Shared strict field types: ``StrictInt`` refuses bools and numeric strings, ``StrictBool``
+# refuses 0/1 and "true". Bounds go in ``Field`` as usual: ``seed: StrictInt = Field(0, ge=0)``.
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
+
+# Characters that do not make a prompt non-empty: control, format, surrogate, unassigned.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn"})
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has no character but whitespace and control/format characters."""
+    return all(c.isspace() or unicodedata.category(c) in _INVISIBLE_CATEGORIES for c in text)
 
 
 def context_get(context: Any, key: str) -> Any:
@@ -67,8 +91,11 @@ def check_prompts(prompts: Sequence[str], limits: Limits | None = None) -> None:
             {"count": len(prompts), "limit": max_prompts},
         )
     for index, prompt in enumerate(prompts, start=1):
-        if not prompt.strip():
+        if is_blank(prompt):
             raise PydanticCustomError("empty_prompt", "prompt {index} is empty", {"index": index})
+        if "\x00" in prompt:
+            raise PydanticCustomError(
+                "nul_in_prompt", "prompt {index} contains a NUL character", {"index": index})
         if len(prompt) > max_chars:
             raise PydanticCustomError(
                 "prompt_too_long",
@@ -132,7 +159,7 @@ def _portal_max_tokens(value: int, info: ValidationInfo) -> int:
 
 
 # A ``max_tokens`` field: 1-4096, and within ``ctx["limits"].max_tokens_per_prompt`` when given.
-MaxTokens = Annotated[int, Field(ge=1, le=4096), AfterValidator(_portal_max_tokens)]
+MaxTokens = Annotated[int, Strict(), Field(ge=1, le=4096), AfterValidator(_portal_max_tokens)]
 
 
 def token_counter(tokenizer: Any) -> TokenCounter:

@@ -1,9 +1,11 @@
 """Users and API tokens: ``/admin/users``.
 
 Admins see the user table, create users and reset passwords; every user may
-create an API token for themselves (its secret is shown once). Invariant: each
-admin callback checks ``current_user.is_admin`` itself; hiding the form from
-non-admins is not the protection.
+create named API tokens for themselves (a secret is shown once), sees when each
+was created and last used, and revokes them one by one (an admin sees and may
+revoke everyone's). Invariant: each callback checks ``current_user`` itself
+(``users_service.revoke_token`` refuses another member's token); hiding a
+control from non-admins is not the protection.
 """
 
 from __future__ import annotations
@@ -32,6 +34,58 @@ def user_rows(users: list[dict]) -> list[dict]:
     return [{"username": u["username"], "role": "admin" if u["is_admin"] else "member",
              "active": "yes" if u["is_active"] else "no", "created": format_time(u["created_at"])}
             for u in users]
+
+
+TOKEN_COLUMNS = [
+    {"field": "name", "headerName": "Name", "flex": 1},
+    {"field": "user", "headerName": "User", "width": 120},
+    {"field": "created", "headerName": "Created", "width": 190},
+    {"field": "last_used", "headerName": "Last used", "width": 190},
+    {"field": "status", "headerName": "Status", "width": 190},
+]
+
+
+def _visible_tokens() -> list[dict]:
+    """The current user's tokens; every user's for an admin."""
+    return users_service.list_tokens(None if current_user.is_admin else current_user.username)
+
+
+def token_rows(tokens: list[dict]) -> list[dict]:
+    return [{"id": t["id"], "name": t["name"], "user": t["user"],
+             "created": format_time(t["created_at"]),
+             "last_used": format_time(t["last_used_at"]) if t["last_used_at"] else "never",
+             "status": "active" if t["active"] else f"revoked {format_time(t['revoked_at'])}"}
+            for t in tokens]
+
+
+def token_options(tokens: list[dict]) -> list[dict]:
+    """Revocable (active) tokens for the dropdown: "name (user, created ...)"."""
+    return [{"label": f"{t['name']} ({t['user']}, created {format_time(t['created_at'])})",
+             "value": t["id"]} for t in tokens if t["active"]]
+
+
+def _token_list_card():
+    tokens = _visible_tokens()
+    return dbc.Card(
+        [
+            dbc.CardHeader("API tokens" + (" of every user" if current_user.is_admin else "")),
+            dbc.CardBody([
+                dag.AgGrid(
+                    id="users-tokens-grid", columnDefs=TOKEN_COLUMNS, rowData=token_rows(tokens),
+                    defaultColDef={"sortable": True, "filter": True, "resizable": True},
+                    getRowId="params.data.id", className="ag-theme-quartz",
+                    dashGridOptions={"domLayout": "autoHeight"},
+                ),
+                dbc.InputGroup([
+                    dcc.Dropdown(id="users-token-revoke-choice", options=token_options(tokens),
+                                 placeholder="Token to revoke", style={"flex": "1"}),
+                    dbc.Button("Revoke", id="users-token-revoke", color="danger", n_clicks=0),
+                ], class_name="mt-3"),
+                html.Div(id="users-token-revoke-result", className="mt-2"),
+            ]),
+        ],
+        class_name="mb-3",
+    )
 
 
 def _token_card():
@@ -105,6 +159,7 @@ def layout(**_kwargs):
         children.append(html.P("Only administrators manage accounts; ask one to create a user "
                                "or reset a password.", className="text-muted"))
     children.append(_token_card())
+    children.append(_token_list_card())
     return html.Div(children, id="users-page", className="atlas-narrow")
 
 
@@ -159,6 +214,8 @@ def _reset_password(_clicks, username, password):
 
 @callback(
     Output("users-token-result", "children"),
+    Output("users-tokens-grid", "rowData", allow_duplicate=True),
+    Output("users-token-revoke-choice", "options", allow_duplicate=True),
     Input("users-token-create", "n_clicks"),
     State("users-token-name", "value"),
     prevent_initial_call=True,
@@ -167,7 +224,33 @@ def _create_token(_clicks, name):
     try:
         secret = users_service.create_api_token(current_user.username, (name or "").strip())
     except UserError as exc:
-        return _alert(str(exc), "danger")
+        return _alert(str(exc), "danger"), dash.no_update, dash.no_update
+    tokens = _visible_tokens()
+    return _secret_alert(secret), token_rows(tokens), token_options(tokens)
+
+
+@callback(
+    Output("users-token-revoke-result", "children"),
+    Output("users-tokens-grid", "rowData", allow_duplicate=True),
+    Output("users-token-revoke-choice", "options", allow_duplicate=True),
+    Output("users-token-revoke-choice", "value"),
+    Input("users-token-revoke", "n_clicks"),
+    State("users-token-revoke-choice", "value"),
+    prevent_initial_call=True,
+)
+def _revoke_token(_clicks, token_id):
+    if not isinstance(token_id, int):
+        return _alert("Choose a token to revoke.", "warning"), *([dash.no_update] * 3)
+    try:
+        record = users_service.revoke_token(current_user, token_id)
+    except UserError as exc:
+        return _alert(str(exc), "danger"), *([dash.no_update] * 3)
+    tokens = _visible_tokens()
+    return (_alert(f"Revoked token {record['name']} of {record['user']}; it is refused from now on.",
+                   "success"), token_rows(tokens), token_options(tokens), None)
+
+
+def _secret_alert(secret: str):
     return dbc.Alert(
         [
             html.Div("Your new token (copy it now: it is shown only once and stored hashed):"),
@@ -175,8 +258,8 @@ def _create_token(_clicks, name):
                       dcc.Clipboard(target_id="users-token-secret", title="Copy",
                                     style={"display": "inline-block"})],
                      className="my-2 atlas-secret"),
-            html.Small("Anyone with this token can act as you through the API; create a new one "
-                       "if it leaks."),
+            html.Small("Anyone with this token can act as you through the API. If it leaks, "
+                       "revoke it below: it is refused at once."),
         ],
         color="success",
         class_name="mb-0",
