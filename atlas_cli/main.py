@@ -94,6 +94,23 @@ def cmd_users(args: argparse.Namespace) -> int:
         elif args.action == "token":
             secret = users_service.create_api_token(args.username, args.name or "cli")
             _log(secret)
+        elif args.action == "tokens":
+            for token in users_service.list_tokens(args.username):
+                state = "active" if token["active"] else f"revoked {token['revoked_at']}"
+                _log(f"{token['id']}\t{token['name']}\tcreated {token['created_at']}\t"
+                     f"last used {token['last_used_at'] or 'never'}\t{state}")
+        elif args.action == "revoke-token":
+            if (args.id is None) == (args.name is None):
+                raise users_service.UserError("give the token's --id or its --name")
+            if args.id is not None:
+                owner = users_service.user_by_name(args.username)
+                users_service.revoke_token(owner, args.id)
+                _log(f"revoked token {args.id} of {args.username}")
+            else:
+                count = users_service.revoke_tokens_named(args.username, args.name)
+                if count == 0:
+                    raise users_service.UserError(f"{args.username} has no active token {args.name!r}")
+                _log(f"revoked {count} token(s) {args.name!r} of {args.username}")
         elif args.action == "create-admin":
             ensure_admin_announced()
     except users_service.UserError as exc:
@@ -349,11 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="manage accounts and API tokens")
     users.add_argument("action", choices=["list", "create", "set-password", "disable", "enable",
-                                          "token", "create-admin"])
+                                          "token", "tokens", "revoke-token", "create-admin"])
     users.add_argument("username", nargs="?")
     users.add_argument("--admin", action="store_true")
     users.add_argument("--password")
-    users.add_argument("--name", help="a label for the API token")
+    users.add_argument("--name", help="token: its label (default 'cli'); revoke-token: revoke "
+                                      "the user's active tokens of this name")
+    users.add_argument("--id", type=int, help="revoke-token: the token's ID (see `users tokens`)")
     users.set_defaults(func=cmd_users)
 
     fetch = sub.add_parser("fetch-demo-model", help="fetch SmolLM2-135M (offline demo model)")

@@ -89,6 +89,16 @@ def get_user(user_id: int) -> User | None:
         return user
 
 
+def user_by_name(username: str) -> User:
+    """The user called ``username`` (active or not); ``UserError`` if there is none."""
+    with session_scope() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise UserError(f"no user {username!r}")
+        session.expunge(user)
+        return user
+
+
 def user_for_session(alternative_id: str) -> User | None:
     """The active user whose current session id is ``alternative_id`` (``"<id>:<version>"``)."""
     parsed = parse_session_id(alternative_id)

@@ -18,8 +18,13 @@ def log_in(driver, portal) -> None:
 
 
 def api_session(driver, portal) -> requests.Session:
-    """A requests session carrying the browser's login cookies (the JSON API as that user)."""
+    """A requests session carrying the browser's login cookies (the JSON API as that user).
+
+    It sends ``X-Requested-With`` as the portal's own scripts would: a state-changing
+    ``/api/`` request that a cookie authenticates needs that custom header (CSRF protection).
+    """
     session = requests.Session()
+    session.headers["X-Requested-With"] = "XMLHttpRequest"
     for cookie in driver.get_cookies():
         session.cookies.set(cookie["name"], cookie["value"])
     assert session.get(portal.url + "/api/runs", timeout=30).status_code == 200
