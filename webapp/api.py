@@ -239,3 +239,9 @@ def grid_png(run_id: str):
         mimetype="image/png",
         headers={"Content-Disposition": f'attachment; filename="latent-atlas-{run.id}-grid-{mode}.png"'},
     )
+
+
+# Run kinds' own routes on this blueprint (added before the app registers it).
+from webapp.views.sae.api import register as _register_sae_routes  # noqa: E402
+
+_register_sae_routes(api)
