@@ -1,8 +1,10 @@
 """Model summary from the config alone: fields, parameters per module, the architecture diagram.
 
 ``parameter_tree(config)`` builds the model on PyTorch's ``meta`` device
-(``accelerate.init_empty_weights``: shapes, no storage), so it works for a
-model far too large to load. Invariants:
+(``with torch.device("meta")``: shapes, no storage), so it works for a model
+far too large to load. (``accelerate.init_empty_weights`` leaves GPT-2's
+``lm_head`` untied in transformers 5, counting the embedding twice; the
+device context ties it like a real load.) Invariants:
 
 * the root's ``count`` equals ``sum(p.numel() for p in model.parameters())``
   of the loaded model (tied weights counted once, like ``parameters()``);
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from accelerate import init_empty_weights
+import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from latent_atlas.lm.adapters import ADAPTERS, ArchitectureAdapter
@@ -78,9 +80,11 @@ def config_fields(config: PretrainedConfig) -> dict[str, Any]:
 
 
 def meta_model(config: PretrainedConfig) -> Any:
-    """``AutoModelForCausalLM.from_config(config)`` with every parameter on the meta device."""
-    with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config)
+    """``AutoModelForCausalLM.from_config(config)`` with every parameter on the meta device, tied."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()
+    return model
 
 
 def tree_node(name: str) -> dict[str, Any]:
