@@ -297,7 +297,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    """Static export of a geometry run: one HTML file per view + index (+ PNGs), from the database."""
+    """Static export of a geometry or sae run: one HTML file per view + index (+ PNGs), from the database."""
     from webapp import runs_service
     from webapp.render import PngUnavailable, write_bundle
     from webapp.views.geometry import export as geometry_export
@@ -308,20 +308,27 @@ def cmd_render(args: argparse.Namespace) -> int:
     except runs_service.RunNotFound:
         _log(f"error: no run {args.run_id}")
         return 2
-    if run.kind not in ("geometry", "geometry_reproject"):
-        _log(f"error: run {run.id} is a {run.kind} run; render draws geometry runs")
+    if run.kind not in ("geometry", "geometry_reproject", "sae"):
+        _log(f"error: run {run.id} is a {run.kind} run; render draws geometry and sae runs")
         return 2
     if run.status != "succeeded":
         _log(f"error: run {run.id} is {run.status}; only a succeeded run has views to render")
         return 2
     summary = dict(run.summary or {})
-    arrays = runs_service.load_arrays(run, geometry_page.ARRAYS)
     output = Path(args.output or f"latent-atlas-{run.id}")
-    views = geometry_page.export_figures(arrays, summary)
+    if run.kind == "sae":
+        from webapp.views.sae import data as sae_data
+        from webapp.views.sae import export as sae_export
+
+        data = sae_data.data_for_run(run)
+        views, subtitle = sae_export.export_figures(data), sae_export.bundle_subtitle(run.id, data)
+    else:
+        arrays = runs_service.load_arrays(run, geometry_page.ARRAYS)
+        views = geometry_page.export_figures(arrays, summary)
+        subtitle = geometry_export.bundle_subtitle(run.id, summary)
     title = f"Latent Atlas run {run.id}" + (f": {run.title}" if run.title else "")
     try:
-        files = write_bundle(views, output, title=title,
-                             subtitle=geometry_export.bundle_subtitle(run.id, summary), png=not args.no_png)
+        files = write_bundle(views, output, title=title, subtitle=subtitle, png=not args.no_png)
     except PngUnavailable as exc:
         files = exc.written
         _log(f"warning: {exc}")
@@ -381,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="re-dispatch undelivered runs, reap stale ones (once)")
     sweep.set_defaults(func=cmd_sweep)
 
-    render = sub.add_parser("render", help="write a geometry run's views as self-contained HTML (+ PNG)")
+    render = sub.add_parser("render", help="write a geometry or sae run's views as self-contained HTML (+ PNG)")
     render.add_argument("run_id")
     render.add_argument("--output", help="directory (default: latent-atlas-RUN_ID)")
     render.add_argument("--no-png", action="store_true", help="HTML only (PNGs need Chromium)")

@@ -52,6 +52,7 @@ def portal(tmp_path_factory, tiny_gpt2_dir):
         client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
         arrays, summary = fake_harvest(d_sae=30, d_in=6, n_tokens=400, seed=2)
         summary["vocab"]["3"] = "<script>alert(1)</script>"
+        summary["labels"][0] = "<script>alert(2)</script>"
         runs = {"done": record_run(user.id, "sae", "succeeded", arrays, summary),
                 "running": record_run(user.id, "sae", "running", {}, {}),
                 "geometry": record_run(user.id, "geometry", "succeeded", {}, {})}
@@ -117,3 +118,17 @@ def test_the_run_view_renders_without_loading_arrays(portal):
     tree = json.dumps(view.render(run, {}), cls=plotly.utils.PlotlyJSONEncoder)
     for tab in ("Latent browser", "UMAP explorer", "Similarity graph", "Point cloud"):
         assert tab in tree
+
+
+def test_cli_render_writes_the_sae_views(portal, tmp_path):
+    from atlas_cli import main as cli
+
+    _, runs, _ = portal
+    out = tmp_path / "bundle"
+    assert cli.main(["render", runs["done"], "--output", str(out), "--no-png"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"index.html", "umap-clusters.html", "umap-density.html", "graph-cosine.html",
+                     "cluster-cloud.html", "histograms.html"}
+    page = (out / "umap-clusters.html").read_text()
+    assert "Plotly" in page and "alert(2)" in page and "<script>alert(2)" not in page
+    assert cli.main(["render", runs["running"], "--output", str(out)]) == 2
