@@ -36,6 +36,8 @@ def _registry() -> dict[str, AnalysisKind]:
     from latent_atlas.analyses import anatomy, geometry, grid, scan
     from latent_atlas.analyses.geometry import lens as geometry_lens
     from latent_atlas.analyses.geometry import reproject as geometry_reproject
+    from latent_atlas.analyses.sae import params as sae_params
+    from latent_atlas.analyses.sae import run as sae_run
 
     return {
         "geometry": AnalysisKind(
@@ -66,6 +68,14 @@ def _registry() -> dict[str, AnalysisKind]:
             params=grid.GridParams,
             run=grid.run_grid,
             queue="gpu",
+        ),
+        "sae": AnalysisKind(
+            name="sae",
+            title="SAE latents: harvest, decoder geometry, feature manifolds",
+            params=sae_params.SaeParams,
+            run=sae_run.run_sae,
+            queue="gpu",
+            reads_runs=True,  # an SAE trained by a sae_train run is read through the stored runs
         ),
         "anatomy": AnalysisKind(
             name="anatomy",
