@@ -43,6 +43,7 @@ class SparseBatch:
     value: np.ndarray
     token_start: int
     n_tokens: int
+    encoded: int = -1  # tokens that went through the SAE (-1: all ``n_tokens``); density counts these
 
     @staticmethod
     def from_dense(acts: np.ndarray, token_start: int) -> SparseBatch:
@@ -154,7 +155,7 @@ class Histogram:
 
 
 class LatentStats:
-    """Firing count, density (fires / tokens), max and mean over firing tokens; tokens seen."""
+    """Firing count, density (fires / encoded tokens), max and mean over firing tokens."""
 
     def __init__(self, d_sae: int) -> None:
         self.d_sae = d_sae
@@ -164,7 +165,7 @@ class LatentStats:
         self.max = np.full(d_sae, -np.inf, np.float32)
 
     def update(self, batch: SparseBatch) -> None:
-        self.n_tokens += int(batch.n_tokens)
+        self.n_tokens += int(batch.n_tokens if batch.encoded < 0 else batch.encoded)
         if batch.value.size == 0:
             return
         self.count += np.bincount(batch.latent, minlength=self.d_sae)

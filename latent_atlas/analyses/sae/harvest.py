@@ -1,0 +1,201 @@
+"""The harvest loop: token sequences -> model stopped at the hook -> ``sae.encode`` -> reducers + CSC.
+
+* ``corpus_sequences``: the run's token sequences from any corpus kind, at most
+  ``n_tokens`` in all (the last sequence is cut), each at most ``context_len``;
+  a corpus with fewer tokens gives what it has and a note that says so.
+* ``harvest``: sequences are run ``batch_tokens // context_len`` at a time through
+  ``activations.activations_at`` (the forward stops at the hooked point: no later
+  block, norm or unembedding runs), the rows at real tokens past ``skip_positions``
+  go through ``sae.encode``, the non-zero entries come to the CPU as a
+  ``SparseBatch`` and feed every reducer (``reducers.HarvestReducers``) and the CSC
+  writer. The reducers of batch i run in a worker thread while the device computes
+  batch i + 1 (numpy and torch release the GIL).
+* ``CscWriter``: the per-token sparse activations, latent-major. Batches are appended
+  token-major to an anonymous temporary file (12 bytes per non-zero); ``finish``
+  counting-sorts them into ``lat_token`` / ``lat_value`` arrays mapped on anonymous
+  temporary files, chunk by chunk. Memory stays bounded (a chunk plus ``d_sae``
+  counters); disk is ``tokens x L0 x 20`` bytes; the files vanish when the arrays do.
+
+Global token index = position in the harvested token arrays (``token_id``,
+``token_doc`` = sequence index, ``token_pos`` = position in the sequence); tokens in
+the first ``skip_positions`` of a sequence are stored (so windows show them) but
+never encoded.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from latent_atlas.analyses.sae.reducers import HarvestReducers, SparseBatch
+
+__all__ = ["CscWriter", "HarvestTokens", "corpus_sequences", "harvest", "scratch_array"]
+
+_RECORD = np.dtype([("t", "<i4"), ("l", "<i4"), ("v", "<f4")])
+_CHUNK = 1 << 22
+
+
+def scratch_array(n: int, dtype: Any, directory: str | None = None) -> np.ndarray:
+    """A zeroed (n,) array mapped on an anonymous temporary file (gone when the array is)."""
+    if n == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(tempfile.TemporaryFile(dir=directory), dtype=dtype, mode="w+", shape=(n,))
+
+
+class CscWriter:
+    """Streams token-major non-zeros to disk; ``finish`` returns the latent-major CSC arrays."""
+
+    def __init__(self, d_sae: int, directory: str | None = None) -> None:
+        self.d_sae, self.directory = d_sae, directory
+        self.file = tempfile.TemporaryFile(dir=directory)
+        self.count = np.zeros(d_sae, np.int64)
+        self.nnz = 0
+        self.last_token = -1
+
+    def add(self, batch: SparseBatch) -> None:
+        if batch.token.size == 0:
+            return
+        order = np.lexsort((batch.latent, batch.token))
+        if batch.token[order[0]] <= self.last_token:
+            raise ValueError("CscWriter: batches must come in token order")
+        records = np.empty(order.size, _RECORD)
+        records["t"], records["l"], records["v"] = batch.token[order], batch.latent[order], batch.value[order]
+        self.file.write(records.tobytes())
+        self.count += np.bincount(batch.latent, minlength=self.d_sae)
+        self.nnz += order.size
+        self.last_token = int(batch.token[order[-1]])
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``lat_ptr`` (d+1,) int64, ``lat_token`` (nnz,) int32 ascending per latent, ``lat_value`` float32."""
+        ptr = np.zeros(self.d_sae + 1, np.int64)
+        np.cumsum(self.count, out=ptr[1:])
+        tokens = scratch_array(self.nnz, np.int32, self.directory)
+        values = scratch_array(self.nnz, np.float32, self.directory)
+        if self.nnz:
+            self.file.flush()
+            source = np.memmap(self.file, dtype=_RECORD, mode="r", shape=(self.nnz,))
+            cursor = ptr[:-1].copy()
+            for start in range(0, self.nnz, _CHUNK):
+                chunk = np.asarray(source[start:start + _CHUNK])
+                order = np.argsort(chunk["l"], kind="stable")  # tokens stay ascending within a latent
+                lat = chunk["l"][order].astype(np.int64)
+                starts = np.flatnonzero(np.r_[True, lat[1:] != lat[:-1]])
+                rank = np.arange(lat.size) - np.repeat(starts, np.diff(np.r_[starts, lat.size]))
+                where = cursor[lat] + rank
+                tokens[where] = chunk["t"][order]
+                values[where] = chunk["v"][order]
+                cursor += np.bincount(lat, minlength=self.d_sae)
+            del source
+        self.file.close()
+        return ptr, tokens, values
+
+
+@dataclass(frozen=True)
+class HarvestTokens:
+    """The harvested tokens: (T,) int32 each."""
+
+    token_id: np.ndarray
+    token_doc: np.ndarray
+    token_pos: np.ndarray
+
+
+def corpus_sequences(sequences: Sequence[Sequence[int]], n_tokens: int, context_len: int,
+                     source: str) -> tuple[list[list[int]], str]:
+    """Sequences cut to ``context_len`` and to ``n_tokens`` in all, plus the corpus note."""
+    out: list[list[int]] = []
+    total = 0
+    for seq in sequences:
+        if total >= n_tokens:
+            break
+        piece = [int(t) for t in seq[: min(context_len, n_tokens - total)]]
+        if piece:
+            out.append(piece)
+            total += len(piece)
+    if not out:
+        raise ValueError(f"{source} gave no tokens")
+    if total < n_tokens:
+        note = (f"{source} has {total:,} tokens, fewer than the {n_tokens:,} asked: "
+                f"the run harvested all {total:,} ({len(out):,} sequences)")
+    else:
+        note = f"{total:,} tokens in {len(out):,} sequences of at most {context_len} from {source}"
+    return out, note
+
+
+def _batches(lengths: np.ndarray, per_batch: int) -> list[tuple[int, int]]:
+    return [(s, min(s + per_batch, lengths.size)) for s in range(0, lengths.size, per_batch)]
+
+
+def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: HarvestReducers, *,
+            batch_tokens: int, skip_positions: int, progress: Callable[[float, str], None],
+            csc: CscWriter | None = None, forward: Callable[..., torch.Tensor] | None = None,
+            progress_span: tuple[float, float] = (0.0, 1.0)) -> HarvestTokens:
+    """Run every sequence; feed ``reducers`` and ``csc``; returns the token arrays (see the module docstring).
+
+    ``forward(lm, input_ids, attention_mask, hook)`` defaults to ``activations.activations_at``.
+    """
+    if forward is None:
+        from latent_atlas.analyses.sae.activations import activations_at as forward
+    lengths = np.array([len(s) for s in sequences], np.int64)
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    token_id = np.concatenate([np.asarray(s, np.int32) for s in sequences])
+    token_doc = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
+    token_pos = (np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.int32)
+    per_batch = max(1, batch_tokens // max(1, int(lengths.max())))
+    pad = int(getattr(lm.tokenizer, "pad_token_id", None) or 0)
+    sae_device = next(sae.parameters()).device
+    sae_dtype = next(sae.parameters()).dtype
+    spans = _batches(lengths, per_batch)
+    lo, hi = progress_span
+    pending: Future | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for number, (first, last) in enumerate(spans):
+            lens = lengths[first:last]
+            width = int(lens.max())
+            ids = torch.full((lens.size, width), pad, dtype=torch.long)
+            mask = torch.zeros((lens.size, width), dtype=torch.long)
+            for row, seq in enumerate(sequences[first:last]):
+                ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            keep = mask.bool().clone()
+            keep[:, :skip_positions] = False
+            acts = forward(lm, ids, mask, hook)
+            with torch.no_grad():
+                rows = acts[keep.to(acts.device)].to(device=sae_device, dtype=sae_dtype)
+                feats = sae.encode(rows)
+                where = torch.nonzero(feats)
+                values = feats[where[:, 0], where[:, 1]].float().cpu().numpy()
+                where = where.cpu().numpy()
+            # global token index of each encoded row, in (sequence, position) order
+            seq_rows, positions = np.nonzero(keep.numpy())
+            global_row = offsets[first + seq_rows] + positions
+            batch = SparseBatch(global_row[where[:, 0]], where[:, 1].astype(np.int64), values,
+                                token_start=int(offsets[first]), n_tokens=int(offsets[last] - offsets[first]),
+                                encoded=int(global_row.size))
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(_consume, reducers, csc, batch)
+            progress(lo + (hi - lo) * (number + 1) / len(spans),
+                     f"harvesting: {int(offsets[last]):,} of {total:,} tokens")
+        if pending is not None:
+            pending.result()
+    return HarvestTokens(token_id, token_doc, token_pos)
+
+
+def _consume(reducers: HarvestReducers, csc: CscWriter | None, batch: SparseBatch) -> None:
+    reducers.update(batch)
+    if csc is not None:
+        csc.add(batch)
+
+
+def windows_needed(n_tokens: int, context_len: int) -> int:
+    """Sequences of ``context_len`` to sample for ``n_tokens`` tokens."""
+    return max(1, math.ceil(n_tokens / context_len))
