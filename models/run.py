@@ -9,6 +9,9 @@ Invariants:
 * A run is ``succeeded`` only in the same transaction that records its artifacts.
 * ``params`` are the validated, normalised parameters (JSON); ``params_hash`` is
   the sha256 of their canonical JSON together with the kind.
+* ``started_at`` is the start of the first attempt (a retry never moves it);
+  each attempt has its own ``RunAttempt`` row (worker, process, device, start,
+  end, outcome), written by the same conditional UPDATEs that change the run.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ class Run(Base):
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="Artifact.name"
     )
+    attempt_records: Mapped[list[RunAttempt]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="RunAttempt.attempt"
+    )
 
     @property
     def is_terminal(self) -> bool:
@@ -130,3 +136,42 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="artifacts")
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended; ``None`` (no outcome) while it is still running."""
+
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    lost = "lost"  # the worker process died or stopped beating; the run was retried or given up
+
+
+class RunAttempt(Base):
+    """One attempt at a run: who ran it, where, when, and how it ended.
+
+    ``(run_id, attempt)`` is unique; ``attempt`` equals ``Run.attempts`` at the
+    claim that created the row. ``pid`` is the worker process that claimed it,
+    so the worker's main process can tell which attempt died with a child.
+    """
+
+    __tablename__ = "run_attempts"
+    __table_args__ = (UniqueConstraint("run_id", "attempt", name="uq_run_attempts_run_attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    device: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    run: Mapped[Run] = relationship(back_populates="attempt_records")
+
+    @property
+    def duration_s(self) -> float | None:
+        end = self.finished_at or (None if self.outcome else utcnow())
+        return None if end is None else (end - self.started_at).total_seconds()

@@ -115,6 +115,7 @@ def run_row(summary: Mapping[str, Any]) -> dict[str, Any]:
         "stage": summary.get("stage") or "",
         "created": format_time(summary.get("created_at")),
         "duration_s": summary.get("duration_s"),
+        "warning": summary.get("warning") or "",
     }
 
 

@@ -8,6 +8,10 @@ Invariants:
 * The row is committed before the task is sent (``workers.dispatch``), so an
   accepted run is never lost even if the broker is down.
 * Only the owner or an admin may cancel; anyone logged in may view.
+* A running run whose heartbeat is older than ``heartbeat_late_after()`` (or
+  cleared because Celery reported its worker process dead) is shown as such
+  in every form of the run (``heartbeat_state``): the page, ``/runs`` and the
+  JSON API say "worker lost? ..." while the retry is on its way.
 * The web process never loads a model: it loads tokenizers only (cached), and
   the model's block count and vocabulary size from its config alone
   (``webapp.model_shape``: config.json or the GGUF header, never weights), so
@@ -23,6 +27,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,7 @@ from latent_atlas.analyses import get_kind
 from latent_atlas.settings import get_settings
 from models import Run, RunStatus, User, session_scope
 from models.base import utcnow
+from models.run import RunAttempt
 from models.store import ArtifactStore
 from webapp.model_shape import model_shape
 
@@ -250,7 +256,9 @@ def submit_run(
 def get_run(run_id: str) -> Run:
     with session_scope() as session:
         run = session.scalar(
-            select(Run).options(selectinload(Run.artifacts)).where(Run.id == run_id)
+            select(Run)
+            .options(selectinload(Run.artifacts), selectinload(Run.attempt_records))
+            .where(Run.id == run_id)
         )
         if run is None:
             raise RunNotFound(run_id)
@@ -357,9 +365,41 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def heartbeat_late_after() -> float:
+    """Seconds without a heartbeat after which a running run is shown as possibly lost.
+
+    Three missed beats: always below ``stale_after`` (a settings invariant), so
+    the warning shows before the sweeper takes the run over.
+    """
+    return 3 * get_settings().heartbeat_every
+
+
+@dataclass(frozen=True)
+class HeartbeatState:
+    age_s: float | None  # seconds since the last heartbeat; None when there is none
+    stale: bool  # running, and the heartbeat is late or was cleared (worker reported dead)
+    warning: str | None  # what the page says about it
+
+
+def heartbeat_state(status: str, heartbeat_at: datetime | None, now: datetime | None = None,
+                    late_after: float | None = None) -> HeartbeatState:
+    """Whether a run's worker looks lost, from its status and last heartbeat (pure)."""
+    now = now or utcnow()
+    late_after = heartbeat_late_after() if late_after is None else late_after
+    age = None if heartbeat_at is None else max(0.0, (now - heartbeat_at).total_seconds())
+    if status != RunStatus.running.value:
+        return HeartbeatState(age, False, None)
+    if age is None:
+        return HeartbeatState(None, True, "worker lost; retrying")
+    if age > late_after:
+        return HeartbeatState(age, True, f"worker lost? no heartbeat for {age:.0f} s; retrying")
+    return HeartbeatState(age, False, None)
+
+
 def run_summary(run: Run) -> dict[str, Any]:
     """The short JSON form of a run (table rows, API lists)."""
     duration = run.duration_s
+    beat = heartbeat_state(run.status, run.heartbeat_at)
     return {
         "id": run.id,
         "kind": run.kind,
@@ -371,6 +411,24 @@ def run_summary(run: Run) -> dict[str, Any]:
         "title": run.title,
         "created_at": _iso(run.created_at),
         "duration_s": round(duration, 3) if duration is not None else None,
+        "heartbeat_age_s": round(beat.age_s, 1) if beat.age_s is not None else None,
+        "heartbeat_stale": beat.stale,
+        "warning": beat.warning,
+    }
+
+
+def attempt_record(attempt: RunAttempt) -> dict[str, Any]:
+    duration = attempt.duration_s
+    return {
+        "attempt": attempt.attempt,
+        "worker": attempt.worker,
+        "pid": attempt.pid,
+        "device": attempt.device,
+        "started_at": _iso(attempt.started_at),
+        "finished_at": _iso(attempt.finished_at),
+        "duration_s": round(duration, 3) if duration is not None else None,
+        "outcome": attempt.outcome,
+        "error": attempt.error,
     }
 
 
@@ -395,6 +453,7 @@ def run_detail(run: Run) -> dict[str, Any]:
         "environment": run.environment,
         "summary": run.summary,
         "queue_position": queue_position(run),
+        "attempt_records": [attempt_record(a) for a in run.attempt_records],
         "artifacts": [
             {"name": a.name, "dtype": a.dtype, "shape": a.shape, "bytes": a.nbytes, "sha256": a.sha256}
             for a in run.artifacts

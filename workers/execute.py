@@ -12,6 +12,7 @@ the run stopped being ours (then we write nothing and the owner decides).
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 import traceback
@@ -51,7 +52,7 @@ def _error_message(exc: BaseException) -> str:
 def execute_run(run_id: str, worker: str) -> str:
     """Run ``run_id`` if this worker can claim it; returns the outcome word."""
     settings = get_settings()
-    claim = lifecycle.claim(run_id, worker)
+    claim = lifecycle.claim(run_id, worker, pid=os.getpid())
     if claim is None:
         log.info("run %s not claimable here (already owned, finished or cancelled)", run_id)
         return "skipped"

@@ -11,6 +11,15 @@ Invariants:
   stale heartbeat -> running with attempt + 1 (while attempts < max_attempts).
 * ``finish`` records the artifacts and flips the status to ``succeeded`` in one
   transaction; if the status flip matches no row the artifacts are not recorded.
+* Attempts: a claim keeps the run's first ``started_at`` and inserts a
+  ``RunAttempt`` row in the same transaction (closing an earlier attempt that
+  is still open as ``lost``); every terminal write of a worker closes its
+  attempt's row with the outcome in the transaction that changes the run.
+* A worker process that died (``mark_worker_lost``, called by the worker's main
+  process when Celery reports the child lost) closes its attempt as ``lost``
+  and clears the heartbeat, which makes the run claimable at once: the
+  redelivered message retries it without waiting ``stale_after``. A run out of
+  attempts fails there and then; one whose cancel was requested is cancelled.
 """
 
 from __future__ import annotations
@@ -20,12 +29,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from latent_atlas.analyses import Cancelled
 from latent_atlas.settings import get_settings
 from models import Artifact, Run, RunStatus, session_scope
 from models.base import utcnow
+from models.run import AttemptOutcome, RunAttempt
 from models.store import StoredArray
 
 
@@ -45,8 +56,20 @@ def _owned(run_id: str, attempt: int):
     return and_(Run.id == run_id, Run.status == RunStatus.running.value, Run.attempts == attempt)
 
 
-def claim(run_id: str, worker: str, now: datetime | None = None) -> Claim | None:
-    """Take ``run_id`` for this worker, or return None when someone else has it."""
+def _close_attempt(session: Session, run_id: str, attempt: int, outcome: AttemptOutcome,
+                   error: str | None = None, now: datetime | None = None) -> None:
+    """End attempt ``attempt`` of ``run_id`` (and any earlier one still open) with ``outcome``."""
+    now = now or utcnow()
+    session.execute(
+        update(RunAttempt)
+        .where(RunAttempt.run_id == run_id, RunAttempt.attempt == attempt, RunAttempt.outcome.is_(None))
+        .values(outcome=outcome.value, finished_at=now, error=error[:4000] if error else None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def claim(run_id: str, worker: str, now: datetime | None = None, pid: int | None = None) -> Claim | None:
+    """Take ``run_id`` for this worker (process ``pid``), or return None when someone else has it."""
     settings = get_settings()
     now = now or utcnow()
     stale_before = now - timedelta(seconds=settings.stale_after)
@@ -66,7 +89,7 @@ def claim(run_id: str, worker: str, now: datetime | None = None) -> Claim | None
                 status=RunStatus.running.value,
                 attempts=Run.attempts + 1,
                 heartbeat_at=now,
-                started_at=now,
+                started_at=func.coalesce(Run.started_at, now),  # the first attempt's start stays
                 worker=worker,
                 progress=0.0,
                 stage="starting",
@@ -80,10 +103,23 @@ def claim(run_id: str, worker: str, now: datetime | None = None) -> Claim | None
         row = session.execute(
             select(Run.attempts, Run.kind, Run.params).where(Run.id == run_id)
         ).one()
+        # An earlier attempt still open was taken over after its heartbeat went stale.
+        session.execute(
+            update(RunAttempt)
+            .where(RunAttempt.run_id == run_id, RunAttempt.attempt < row.attempts,
+                   RunAttempt.outcome.is_(None))
+            .values(outcome=AttemptOutcome.lost.value, finished_at=now,
+                    error=f"no heartbeat for over {settings.stale_after:g} s; taken over")
+            .execution_options(synchronize_session=False)
+        )
+        session.add(RunAttempt(run_id=run_id, attempt=row.attempts, worker=worker, pid=pid,
+                               started_at=now))
     return Claim(run_id=run_id, attempt=row.attempts, kind=row.kind, params=row.params)
 
 
-def _update_owned(run_id: str, attempt: int, **values: Any) -> bool:
+def _update_owned(run_id: str, attempt: int, outcome: AttemptOutcome | None = None,
+                  attempt_error: str | None = None, **values: Any) -> bool:
+    """Write ``values`` while the run is ours; with ``outcome``, close the attempt too."""
     with session_scope() as session:
         result = session.execute(
             update(Run)
@@ -91,7 +127,11 @@ def _update_owned(run_id: str, attempt: int, **values: Any) -> bool:
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        if outcome is not None:
+            _close_attempt(session, run_id, attempt, outcome, attempt_error)
+        return True
 
 
 def heartbeat(run_id: str, attempt: int) -> bool:
@@ -120,7 +160,14 @@ def report_progress(run_id: str, attempt: int, fraction: float, stage: str) -> N
 
 
 def set_device(run_id: str, attempt: int, device: str) -> None:
-    _update_owned(run_id, attempt, device=device)
+    if _update_owned(run_id, attempt, device=device):
+        with session_scope() as session:
+            session.execute(
+                update(RunAttempt)
+                .where(RunAttempt.run_id == run_id, RunAttempt.attempt == attempt)
+                .values(device=device)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def finish(
@@ -152,6 +199,7 @@ def finish(
         if result.rowcount != 1:
             session.rollback()
             return False
+        _close_attempt(session, run_id, attempt, AttemptOutcome.succeeded, now=now)
         for name, item in stored.items():
             session.add(
                 Artifact(
@@ -183,13 +231,62 @@ def fail(
     }
     if timings is not None:
         values["timings"] = timings
-    return _update_owned(run_id, attempt, **values)
+    return _update_owned(run_id, attempt, outcome=AttemptOutcome.failed, attempt_error=error, **values)
 
 
 def mark_cancelled(run_id: str, attempt: int) -> bool:
     return _update_owned(
-        run_id, attempt, status=RunStatus.cancelled.value, finished_at=utcnow(), stage="cancelled"
+        run_id, attempt, outcome=AttemptOutcome.cancelled,
+        status=RunStatus.cancelled.value, finished_at=utcnow(), stage="cancelled",
     )
+
+
+WORKER_LOST_STAGE = "worker lost; retrying"
+
+
+def mark_worker_lost(run_id: str, worker: str, pid: int | None, reason: str) -> str | None:
+    """The worker process ``pid`` of ``worker`` died while running ``run_id``.
+
+    Closes that process's open attempt as ``lost`` and, if the run is still at
+    that attempt, makes it claimable at once (heartbeat cleared, stage
+    ``WORKER_LOST_STAGE``), or ends it: ``cancelled`` when cancel was
+    requested, ``failed`` after ``max_attempts``. Returns the run's new status,
+    or None when no open attempt of that process exists (nothing changed).
+    """
+    settings = get_settings()
+    now = utcnow()
+    with session_scope() as session:
+        found = select(RunAttempt.attempt).where(
+            RunAttempt.run_id == run_id, RunAttempt.worker == worker, RunAttempt.outcome.is_(None)
+        )
+        if pid is not None:
+            found = found.where(RunAttempt.pid == pid)
+        attempt = session.execute(found.order_by(RunAttempt.attempt.desc())).scalars().first()
+        if attempt is None:
+            return None
+        row = session.execute(
+            select(Run.attempts, Run.cancel_requested).where(_owned(run_id, attempt))
+        ).one_or_none()
+        if row is None:  # the run moved on (taken over or ended): only the attempt's record is closed
+            _close_attempt(session, run_id, attempt, AttemptOutcome.lost, reason, now)
+            return None
+        if row.cancel_requested:
+            values: dict[str, Any] = {"status": RunStatus.cancelled.value, "stage": "cancelled",
+                                      "finished_at": now}
+        elif row.attempts >= settings.max_attempts:
+            values = {"status": RunStatus.failed.value, "stage": "failed", "finished_at": now,
+                      "error": f"the worker was lost {row.attempts} times while running this job "
+                               f"(last: {reason}); giving up"}
+        else:
+            values = {"heartbeat_at": None, "stage": WORKER_LOST_STAGE}
+        result = session.execute(
+            update(Run).where(_owned(run_id, attempt)).values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return None
+        _close_attempt(session, run_id, attempt, AttemptOutcome.lost, reason, now)
+        return values.get("status", RunStatus.running.value)
 
 
 class Heartbeat:

@@ -1,13 +1,15 @@
 """The sweeper: every accepted run ends in exactly one terminal state.
 
-* A running run whose heartbeat is older than ``stale_after`` lost its worker:
+* A running run whose heartbeat is older than ``stale_after``, or cleared
+  (``lifecycle.mark_worker_lost``: Celery reported the process dead), lost its worker:
   if cancel was requested it becomes ``cancelled``; after ``max_attempts`` it
   becomes ``failed``; otherwise it is re-dispatched and the next claim takes it
   over with attempt + 1 (the claim accepts a stale running run).
 * A queued run never dispatched (broker was down) or dispatched longer than
   ``redispatch_after`` ago is dispatched again. Duplicate messages are harmless:
   the claim lets exactly one through.
-Every change is a conditional UPDATE, so several sweepers may run at once.
+Every change is a conditional UPDATE, so several sweepers may run at once; a
+run ended here closes its open attempt record as ``lost``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy import or_, select, update
 from latent_atlas.settings import get_settings
 from models import Run, RunStatus, session_scope
 from models.base import utcnow
+from models.run import AttemptOutcome, RunAttempt
 from workers.dispatch import dispatch
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,12 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
 
+def _is_stale(stale_before: datetime):
+    return or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)
+
+
 def _finalise_stale(run_id: str, attempts: int, stale_before: datetime, **values) -> bool:
+    now = utcnow()
     with session_scope() as session:
         result = session.execute(
             update(Run)
@@ -40,12 +48,21 @@ def _finalise_stale(run_id: str, attempts: int, stale_before: datetime, **values
                 Run.id == run_id,
                 Run.status == RunStatus.running.value,
                 Run.attempts == attempts,
-                Run.heartbeat_at < stale_before,
+                _is_stale(stale_before),
             )
-            .values(finished_at=utcnow(), **values)
+            .values(finished_at=now, **values)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        session.execute(
+            update(RunAttempt)
+            .where(RunAttempt.run_id == run_id, RunAttempt.outcome.is_(None))
+            .values(outcome=AttemptOutcome.lost.value, finished_at=now,
+                    error="no heartbeat; the sweeper ended the run")
+            .execution_options(synchronize_session=False)
+        )
+        return True
 
 def sweep(now: datetime | None = None) -> SweepReport:
     settings = get_settings()
@@ -56,7 +73,7 @@ def sweep(now: datetime | None = None) -> SweepReport:
     with session_scope() as session:
         stale = session.execute(
             select(Run.id, Run.attempts, Run.cancel_requested, Run.queue, Run.dispatched_at).where(
-                Run.status == RunStatus.running.value, Run.heartbeat_at < stale_before
+                Run.status == RunStatus.running.value, _is_stale(stale_before)
             )
         ).all()
         undelivered = session.execute(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from workers.celery_app import EXECUTE_TASK, app
 from workers.execute import execute_run
+from workers.worker_lost import AtlasTask
 
 # Signal handlers (sweeper thread, post-fork engine reset) register on import.
 from workers import signals  # noqa: F401  isort: skip
 
 
-@app.task(name=EXECUTE_TASK, bind=True)
+@app.task(name=EXECUTE_TASK, bind=True, base=AtlasTask)
 def execute(self, run_id: str) -> str:
     return execute_run(run_id, self.request.hostname or "worker")

@@ -5,6 +5,11 @@ While the run is queued or running, an interval (1 s) polls
 terminal the interval disables itself and the kind's view
 (``webapp.views.<kind>.render``) is drawn without a page reload.
 
+A running run whose heartbeat is late (or whose worker process Celery reported
+dead) shows "worker lost? ..." beside its status as soon as a poll sees it
+(``runs_service.heartbeat_state``); the Reproducibility card lists every
+attempt (worker, device, start, end, outcome, error).
+
 Invariants: anyone logged in may view; the Cancel button is shown to the owner
 and admins only and ``runs_service.cancel_run`` checks again; the traceback is
 only ever obtained through ``runs_service.traceback_for``. Every user string
@@ -60,7 +65,37 @@ def status_line(run) -> list[Any]:
                                    id="run-queue-position", className="text-muted me-2"))
     if run.cancel_requested and not run.is_terminal:
         parts.append(html.Span("cancel requested", className="text-warning me-2"))
+    beat = runs_service.heartbeat_state(run.status, run.heartbeat_at)
+    if beat.warning:
+        parts.append(html.Span(beat.warning, id="run-heartbeat-warning",
+                               className="text-danger fw-semibold me-2"))
     return parts
+
+
+ATTEMPT_COLUMNS = ("#", "worker", "device", "started", "finished", "duration", "outcome", "error")
+
+
+def attempts_part(run) -> Any:
+    """One row per attempt, oldest first; an attempt still running has no outcome yet."""
+    records = list(run.attempt_records or [])
+    if not records:
+        return html.P("No attempt yet.", className="text-muted mb-0", id="run-attempts")
+    rows = [
+        html.Tr([
+            html.Td(str(a.attempt)),
+            html.Td(a.worker + (f" (pid {a.pid})" if a.pid else "")),
+            html.Td(a.device or "—"),
+            html.Td(format_time(a.started_at)),
+            html.Td(format_time(a.finished_at)),
+            html.Td(format_duration(a.duration_s)),
+            html.Td(a.outcome or "running", className=f"atlas-attempt-{a.outcome or 'running'}"),
+            html.Td(a.error or ""),
+        ])
+        for a in records
+    ]
+    return dbc.Table([html.Thead(html.Tr([html.Th(c) for c in ATTEMPT_COLUMNS])), html.Tbody(rows)],
+                     size="sm", bordered=False, striped=True, class_name="mb-0 small",
+                     id="run-attempts")
 
 
 def times_rows(run) -> list[tuple[str, str]]:
@@ -121,6 +156,8 @@ def record_part(run) -> Any:
                    for stage, seconds in timings.items()]
     return html.Div([
         kv_table(rows, id="run-environment"),
+        html.H6("Attempts", className="mt-3"),
+        attempts_part(run),
         html.H6("Timings", className="mt-3"),
         kv_table(timing_rows, id="run-timings") if timing_rows
         else html.P("No timings yet.", className="text-muted mb-0"),

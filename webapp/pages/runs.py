@@ -2,8 +2,10 @@
 
 The quick filters go to the service (the database filters); the grid's own
 column filters and sorting act on the rows shown. The grid refreshes every few
-seconds so running runs move on. Titles are plain text cells; the ID column is
-Markdown built by ``components.run_link_markdown`` (escaped, HTML not allowed).
+seconds so running runs move on; the Note column says when a running run's
+heartbeat is late (its worker may be lost and a retry is coming). Titles are
+plain text cells; the ID column is Markdown built by
+``components.run_link_markdown`` (escaped, HTML not allowed).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ COLUMNS = [
                         for s in RunStatus}},
     {"field": "progress", "headerName": "Progress", "width": 115, "filter": "agNumberColumnFilter",
      "valueFormatter": {"function": "params.value == null ? '' : params.value + '%'"}},
+    {"field": "warning", "headerName": "Note", "width": 260, "cellClass": "text-danger",
+     "tooltipField": "warning"},
     {"field": "created", "headerName": "Created", "width": 200, "sort": "desc",
      "cellDataType": "text", "filter": "agTextColumnFilter"},
     {"field": "duration_s", "headerName": "Duration", "width": 120,

@@ -1,0 +1,79 @@
+"""A lost worker is visible at once and retried at once, on a real Celery worker.
+
+The stale timeout here is far longer than any wait in the test (600 s), so a
+run can only be retried within the test because the worker's main process
+reported its dead pool child (``workers.worker_lost``), not because the
+sweeper's stale timeout ran out. Runs on the embedded default (SQLite
+database + SQLite broker) and on PostgreSQL + Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import datetime
+
+import pytest
+
+from harness import Portal, make_backend
+
+pytestmark = pytest.mark.integration
+
+STALE_AFTER = 600.0
+SLOW = {"model": "tiny-gpt2", "prompts": [f"p{i}" for i in range(300)], "batch_size": 1, "max_tokens": 8}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def portal(request, tmp_path_factory, tiny_gpt2_dir):
+    data_dir = tmp_path_factory.mktemp(f"loss-{request.param}")
+    backend = make_backend(request.param, data_dir)
+    models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
+    extra = {"ATLAS_HEARTBEAT_EVERY": "0.5", "ATLAS_STALE_AFTER": str(STALE_AFTER),
+             "ATLAS_SWEEP_EVERY": "1", "ATLAS_LIMITS__MAX_PROMPTS": "2000"}
+    live = Portal(data_dir, backend, models, "tiny-gpt2", extra)
+    try:
+        live.start()
+        live.alice = live.create_user("alice")
+        yield live
+    finally:
+        live.stop()
+        backend.cleanup()
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def test_a_killed_pool_child_shows_at_once_and_is_retried_without_the_stale_timeout(portal):
+    run = portal.submit(portal.alice, SLOW)
+    running = portal.wait_for(run["id"], portal.alice, {"running"},
+                              predicate=lambda r: r["progress"] > 0.05)
+    (first,) = running["attempt_records"]
+    assert first["outcome"] is None and first["worker"] == running["worker"]
+    child = first["pid"]
+    assert child and child != portal.workers[-1].pid  # the pool child, not the worker's main process
+
+    # A frozen child stops beating: the record says so within three missed beats.
+    os.kill(child, signal.SIGSTOP)
+    try:
+        frozen = portal.wait_for(run["id"], portal.alice, {"running"}, 60,
+                                 predicate=lambda r: r["heartbeat_stale"])
+        assert frozen["warning"].startswith("worker lost? no heartbeat for ")
+        assert frozen["warning"].endswith(" s; retrying")
+        listed = portal.api("GET", "/api/runs", portal.alice).json()["runs"]
+        assert [r["warning"] for r in listed if r["id"] == run["id"]] == [frozen["warning"]]
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+    done = portal.wait_for(run["id"], portal.alice, {"succeeded", "failed", "cancelled"}, 240)
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["attempts"] == 2 and not done["heartbeat_stale"] and done["warning"] is None
+    one, two = done["attempt_records"]
+    assert (one["attempt"], one["outcome"], one["pid"]) == (1, "lost", child)
+    assert "SIGKILL" in one["error"], one["error"]
+    assert (two["attempt"], two["outcome"]) == (2, "succeeded") and two["pid"] != child
+    # Retried long before the heartbeat could have gone stale, and the first start is kept.
+    assert (_time(two["started_at"]) - _time(one["started_at"])).total_seconds() < STALE_AFTER
+    assert _time(one["finished_at"]) <= _time(two["started_at"])
+    assert done["started_at"] == one["started_at"]
+    assert done["duration_s"] >= (_time(done["finished_at"]) - _time(one["started_at"])).total_seconds() - 1
