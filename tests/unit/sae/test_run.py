@@ -3,6 +3,7 @@ arrays, the CSC against a dense recomputation, a short corpus, and params checks
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +168,8 @@ def portal(tmp_path, monkeypatch, tiny_gpt2_dir):
     from latent_atlas import settings as settings_module
 
     monkeypatch.setenv("ATLAS_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("ATLAS_MODELS", '{"tiny": {"source": "%s"}, "other": {"source": "%s"}}'
-                       % (tiny_gpt2_dir, tiny_gpt2_dir))
+    monkeypatch.setenv("ATLAS_MODELS", json.dumps({"tiny": {"source": str(tiny_gpt2_dir)},
+                                                   "other": {"source": str(tiny_gpt2_dir)}}))
     monkeypatch.setenv("ATLAS_DEFAULT_MODEL", "tiny")
     settings_module.get_settings.cache_clear()
     yield tmp_path
@@ -225,4 +226,4 @@ def test_checks_before_queueing(portal: Path) -> None:
 def test_static_bounds(bad: dict) -> None:
     raw = {"model": "tiny", "sae": {"kind": "disk", "path": "x"}, "corpus": {"kind": "demo"}, **bad}
     with pytest.raises(ValidationError):
-        SaeParams.model_validate_json(__import__("json").dumps(raw), strict=True)
+        SaeParams.model_validate_json(json.dumps(raw), strict=True)
