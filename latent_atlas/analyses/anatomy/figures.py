@@ -1,0 +1,291 @@
+"""Figures of an anatomy result: pure functions, arrays in, Plotly figures out (no web stack).
+
+The notebook (``latent_atlas.notebook``) and the portal's view
+(``webapp.views.anatomy``) both draw with these. Invariants:
+
+* token strings are model output: every string that reaches Plotly text,
+  tick labels or hover goes through ``token_text`` (whitespace made visible,
+  then ``html.escape``), because Plotly renders a subset of HTML there;
+* token axes are categorical with unique labels ``"<position>·<token>"``
+  (``position_labels``), so repeated tokens never merge into one column;
+* attention values travel as uint16 basis points (1 bp = 0.0001, so 10000 =
+  probability 1): a 512 x 512 head is 512 KiB as a base64 typed array instead
+  of ~2 MB of JSON floats, and hover reads ``... bp``;
+* the thumbnail sheet is one uint8 heatmap of L x H tiles (tile (layer, head)
+  covers x in [head, head + 1), y in [layer, layer + 1)), so a click's x and
+  y floor to the head and the layer (``sheet_cell``).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+__all__ = [
+    "architecture_figure",
+    "attention_figure",
+    "embedding_figure",
+    "layer_token_heatmap",
+    "lens_figure",
+    "lens_last_figure",
+    "position_labels",
+    "saliency_figure",
+    "sheet_cell",
+    "thumbnail_sheet",
+    "token_text",
+]
+
+_VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+BP = 10_000
+
+
+def token_text(token: str, limit: int = 24) -> str:
+    """A token for Plotly: whitespace visible, at most ``limit`` characters, HTML-escaped."""
+    shown = token.translate(_VISIBLE)
+    if len(shown) > limit:
+        shown = shown[: limit - 1] + "…"
+    return html.escape(shown)
+
+
+def position_labels(tokens: Sequence[str]) -> list[str]:
+    """Unique categorical labels ``"i·token"`` (escaped)."""
+    return [f"{i}·{token_text(t, 16)}" for i, t in enumerate(tokens)]
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin={"l": 60, "r": 20, "t": 50, "b": 60},
+                      template="plotly_white")
+    return fig
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def architecture_figure(parts: Sequence[Mapping[str, Any]], title: str = "Architecture") -> go.Figure:
+    """A 3D stack: embedding, each block (attention box with its heads, MLP box), final norm, unembedding.
+
+    Box widths grow with the cube root of the parameter count; every box and
+    marker carries ``customdata`` = the layer (-1 outside the blocks), so a click
+    on a block opens that layer.
+    """
+    counts = [max(int(p.get("count", 0)), 1) for p in parts]
+    scale = 1.0 / max(c ** (1 / 3) for c in counts)
+    xs, ys, zs, ii, jj, kk, colours, custom = [], [], [], [], [], [], [], []
+    mx, my, mz, mtext, mcustom, mcolour = [], [], [], [], [], []
+    palette = {"embedding": "#6c757d", "attention": "#1f77b4", "mlp": "#d62728",
+               "final_norm": "#2ca02c", "unembedding": "#9467bd"}
+
+    def box(cx: float, cy: float, cz: float, w: float, depth: float, h: float, colour: str, layer: int,
+            text: str) -> None:
+        base = len(xs)
+        for dx in (-w / 2, w / 2):
+            for dy in (-depth / 2, depth / 2):
+                for dz in (0, h):
+                    xs.append(cx + dx)
+                    ys.append(cy + dy)
+                    zs.append(cz + dz)
+                    custom.append(layer)
+        # 12 triangles of a box over vertices indexed by (x, y, z) bits
+        faces = [(0, 1, 3), (0, 3, 2), (4, 5, 7), (4, 7, 6), (0, 1, 5), (0, 5, 4),
+                 (2, 3, 7), (2, 7, 6), (0, 2, 6), (0, 6, 4), (1, 3, 7), (1, 7, 5)]
+        for a, b, c in faces:
+            ii.append(base + a)
+            jj.append(base + b)
+            kk.append(base + c)
+            colours.append(colour)
+        mx.append(cx)
+        my.append(cy)
+        mz.append(cz + h / 2)
+        mtext.append(text)
+        mcustom.append(layer)
+        mcolour.append(colour)
+
+    def shapes_text(part: Mapping[str, Any]) -> str:
+        shapes = part.get("shapes") or {}
+        lines = [f"{html.escape(name)}: {' × '.join(str(n) for n in shape)}" for name, shape in list(shapes.items())[:12]]
+        if len(shapes) > 12:
+            lines.append(f"… {len(shapes) - 12} more")
+        return "<br>".join(lines)
+
+    z = 0.0
+    heads_x, heads_y, heads_z, heads_custom, heads_text = [], [], [], [], []
+    for part, count in zip(parts, counts, strict=True):
+        kind = part.get("kind")
+        label = html.escape(str(part.get("label", "")))
+        text = f"<b>{label}</b><br>{count:,} parameters<br>{shapes_text(part)}"
+        if kind == "block":
+            layer = int(part.get("layer", 0))
+            attn, mlp = max(int(part.get("attention", 0)), 1), max(int(part.get("mlp", 0)), 1)
+            wa, wm = attn ** (1 / 3) * scale, mlp ** (1 / 3) * scale
+            box(-0.6, 0, z, wa, wa, 0.6, palette["attention"], layer,
+                f"<b>{label}: attention</b><br>{attn:,} parameters<br>{part.get('heads')} query heads, "
+                f"{part.get('kv_heads')} key/value heads<br>click: open layer {layer}")
+            box(0.6, 0, z, wm, wm, 0.6, palette["mlp"], layer,
+                f"<b>{label}: MLP</b><br>{mlp:,} parameters<br>{shapes_text(part)}<br>click: open layer {layer}")
+            n_heads = int(part.get("heads") or 0)
+            for h in range(n_heads):
+                angle = 2 * math.pi * h / max(n_heads, 1)
+                heads_x.append(-0.6 + 0.45 * wa * math.cos(angle) + 0.0)
+                heads_y.append(0.45 * wa * math.sin(angle))
+                heads_z.append(z + 0.65)
+                heads_custom.append(layer)
+                heads_text.append(f"layer {layer}, head {h}")
+            z += 1.0
+        else:
+            w = count ** (1 / 3) * scale
+            box(0, 0, z, max(w, 0.15), max(w, 0.15) * 0.3, 0.4, palette.get(str(kind), "#888"), -1, text)
+            z += 0.8
+    fig = go.Figure()
+    fig.add_trace(go.Mesh3d(x=xs, y=ys, z=zs, i=ii, j=jj, k=kk, facecolor=colours, opacity=0.55,
+                            customdata=custom, hoverinfo="skip", flatshading=True, name="modules"))
+    fig.add_trace(go.Scatter3d(x=mx, y=my, z=mz, mode="markers", customdata=mcustom, text=mtext,
+                               hovertemplate="%{text}<extra></extra>",
+                               marker={"size": 6, "color": mcolour, "symbol": "square"}, name="blocks"))
+    if heads_x:
+        fig.add_trace(go.Scatter3d(x=heads_x, y=heads_y, z=heads_z, mode="markers", customdata=heads_custom,
+                                   text=heads_text, hovertemplate="%{text}<extra></extra>",
+                                   marker={"size": 2.5, "color": "#17becf"}, name="heads"))
+    fig.update_layout(scene={"xaxis": {"visible": False}, "yaxis": {"visible": False},
+                             "zaxis": {"title": "depth"}, "aspectmode": "manual",
+                             "aspectratio": {"x": 1, "y": 0.6, "z": 2.2}},
+                      showlegend=False, title=title, height=620, margin={"l": 0, "r": 0, "t": 40, "b": 0})
+    return fig
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def layer_token_heatmap(values: np.ndarray, tokens: Sequence[str], title: str,
+                        colorbar: str = "norm", layer_labels: Sequence[str] | None = None) -> go.Figure:
+    """A (rows, T) heatmap: rows are layers (bottom = first), columns the prompt's tokens."""
+    rows = list(layer_labels) if layer_labels is not None else [f"layer {i}" for i in range(values.shape[0])]
+    fig = go.Figure(go.Heatmap(
+        z=np.asarray(values, dtype=np.float32), x=position_labels(tokens), y=rows, colorscale="Viridis",
+        colorbar={"title": colorbar},
+        hovertemplate="%{y}<br>token %{x}<br>" + colorbar + " %{z:.4g}<extra></extra>"))
+    fig.update_xaxes(type="category", tickangle=-60)
+    fig.update_yaxes(type="category")
+    return _layout(fig, title, height=max(300, 18 * values.shape[0] + 160))
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention_figure(pattern: np.ndarray, tokens: Sequence[str], title: str) -> go.Figure:
+    """One (T, T) pattern: rows are queries, columns keys, values in basis points (see the docstring)."""
+    labels = position_labels(tokens)
+    z = np.rint(np.clip(np.asarray(pattern, dtype=np.float32), 0, 1) * BP).astype(np.uint16)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=BP,
+        colorbar={"title": "attention", "tickvals": [0, 2500, 5000, 7500, BP],
+                  "ticktext": ["0", "0.25", "0.5", "0.75", "1"]},
+        hovertemplate="query %{y}<br>key %{x}<br>attention %{z} bp (1 bp = 0.0001)<extra></extra>"))
+    fig.update_xaxes(type="category", tickangle=-60, title="key (attended to)")
+    fig.update_yaxes(type="category", autorange="reversed", title="query")
+    return _layout(fig, title, height=560)
+
+
+def sheet_cell(x: float, y: float, n_layers: int, n_heads: int) -> tuple[int, int] | None:
+    """(layer, head) of a click at (x, y) on the thumbnail sheet; ``None`` outside it."""
+    head, layer = math.floor(x), math.floor(y)
+    if 0 <= layer < n_layers and 0 <= head < n_heads:
+        return layer, head
+    return None
+
+
+def thumbnail_sheet(thumbs: np.ndarray, n_layers: int, n_heads: int, title: str = "Every layer × head") -> go.Figure:
+    """L x H tiles of (s, s) uint8 thumbnails in one heatmap (layer 0 at the top)."""
+    s = thumbs.shape[-1]
+    sheet = thumbs.reshape(n_layers, n_heads, s, s).transpose(0, 2, 1, 3).reshape(n_layers * s, n_heads * s)
+    coords_x = (np.arange(n_heads * s) + 0.5) / s
+    coords_y = (np.arange(n_layers * s) + 0.5) / s
+    fig = go.Figure(go.Heatmap(z=sheet, x=coords_x.astype(np.float32), y=coords_y.astype(np.float32),
+                               colorscale="Greys", reversescale=False, zmin=0, zmax=255, showscale=False,
+                               hovertemplate="click to enlarge<extra></extra>"))
+    lines = [{"type": "line", "x0": h, "x1": h, "y0": 0, "y1": n_layers, "line": {"color": "#0d6efd", "width": 1}}
+             for h in range(1, n_heads)]
+    lines += [{"type": "line", "x0": 0, "x1": n_heads, "y0": layer, "y1": layer,
+               "line": {"color": "#0d6efd", "width": 1}} for layer in range(1, n_layers)]
+    fig.update_layout(shapes=lines)
+    fig.update_xaxes(tickvals=[h + 0.5 for h in range(n_heads)], ticktext=[f"h{h}" for h in range(n_heads)],
+                     range=[0, n_heads], side="top", showgrid=False)
+    fig.update_yaxes(tickvals=[i + 0.5 for i in range(n_layers)], ticktext=[f"L{i}" for i in range(n_layers)],
+                     range=[n_layers, 0], showgrid=False, scaleanchor="x")
+    return _layout(fig, title, height=max(300, min(60 * n_layers, 1800) + 80))
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def embedding_figure(coords: np.ndarray, strings: Sequence[str], prompt_rows: int, title: str) -> go.Figure:
+    """The vocabulary sample (grey) and the prompt's tokens (red, labelled), in 2D or 3D."""
+    dims = coords.shape[1]
+    text = [token_text(s) for s in strings]
+    groups = [("vocabulary sample", slice(prompt_rows, None), {"size": 3 if dims == 3 else 5, "color": "#adb5bd"}, "markers"),
+              ("prompt tokens", slice(0, prompt_rows), {"size": 5 if dims == 3 else 9, "color": "#d62728"},
+               "markers+text")]
+    fig = go.Figure()
+    for name, rows, marker, mode in groups:
+        part = coords[rows]
+        common = {"mode": mode, "name": name, "marker": marker, "text": text[rows],
+                  "hovertemplate": "%{text}<extra>" + name + "</extra>"}
+        if dims == 3:
+            fig.add_trace(go.Scatter3d(x=part[:, 0], y=part[:, 1], z=part[:, 2], **common))
+        else:
+            fig.add_trace(go.Scattergl(x=part[:, 0], y=part[:, 1], **common) if mode == "markers"
+                          else go.Scatter(x=part[:, 0], y=part[:, 1], textposition="top center", **common))
+    return _layout(fig, title, height=560)
+
+
+# --------------------------------------------------------------------------- saliency
+
+
+def saliency_figure(scores: np.ndarray, tokens: Sequence[str], title: str) -> go.Figure:
+    """Bars of one saliency score per input token (red positive, blue negative)."""
+    values = np.asarray(scores, dtype=np.float32)
+    fig = go.Figure(go.Bar(x=position_labels(tokens), y=values,
+                           marker={"color": np.where(values >= 0, "#d62728", "#1f77b4")},
+                           hovertemplate="%{x}<br>%{y:.4g}<extra></extra>"))
+    fig.update_xaxes(type="category", tickangle=-60)
+    return _layout(fig, title, height=360)
+
+
+# --------------------------------------------------------------------------- logit lens
+
+
+def lens_figure(lens_ids: np.ndarray, lens_probs: np.ndarray, labels: Sequence[str], tokens: Sequence[str],
+                vocab: Mapping[str, str], start: int = 0, stop: int | None = None,
+                title: str = "Logit lens: top token per point and position") -> go.Figure:
+    """Points x positions[start:stop], shaded by the top token's probability, the token written on the cell."""
+    stop = lens_ids.shape[1] if stop is None else stop
+    ids = lens_ids[:, start:stop]
+    probs = np.asarray(lens_probs[:, start:stop], dtype=np.float32)
+    words = np.array([[token_text(vocab.get(str(int(i)), "?"), 10) for i in row] for row in ids], dtype=object)
+    fig = go.Figure(go.Heatmap(
+        z=probs, x=position_labels(tokens)[start:stop], y=list(labels), text=words, zmin=0, zmax=1,
+        texttemplate="%{text}" if ids.size <= 4000 else None, textfont={"size": 9}, colorscale="Purples",
+        colorbar={"title": "p(top)"},
+        hovertemplate="%{y}<br>position %{x}<br>top %{text}  p=%{z:.3f}<extra></extra>"))
+    fig.update_xaxes(type="category", tickangle=-60, side="top")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return _layout(fig, title, height=max(360, 16 * len(labels) + 160))
+
+
+def lens_last_figure(labels: Sequence[str], final_prob: np.ndarray, entropy: np.ndarray, kl: np.ndarray,
+                     title: str = "Last position: the final prediction through the layers") -> go.Figure:
+    """Per point at the last position: probability of the final prediction, entropy and KL to the final."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=list(labels), y=final_prob, name="p(final prediction)", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=list(labels), y=entropy, name="entropy (nats)", mode="lines+markers", yaxis="y2"))
+    fig.add_trace(go.Scatter(x=list(labels), y=kl, name="KL(final ‖ point) (nats)", mode="lines+markers",
+                             yaxis="y2"))
+    fig.update_layout(yaxis={"title": "probability", "range": [0, 1]},
+                      yaxis2={"title": "nats", "overlaying": "y", "side": "right"},
+                      legend={"orientation": "h", "y": -0.35})
+    fig.update_xaxes(type="category", tickangle=-60)
+    return _layout(fig, title, height=420)

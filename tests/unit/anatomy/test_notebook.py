@@ -1,0 +1,80 @@
+"""The notebook functions on a tiny model, and their figures: escaping, layout, sizes, no web stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import plotly.io as pio
+import pytest
+
+from latent_atlas import notebook
+from latent_atlas.analyses.anatomy import figures
+from latent_atlas.lm import LanguageModel
+
+TEXT = "Hello <b>world</b> & co"
+
+
+def test_importing_the_notebook_imports_no_web_stack() -> None:
+    code = ("import sys, latent_atlas.notebook, latent_atlas.analyses.anatomy.figures; "
+            "bad = [m for m in ('dash', 'flask', 'celery', 'sqlalchemy', 'webapp', 'models') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_plot_functions(tiny_llama: LanguageModel) -> None:
+    lm = tiny_llama
+    patterns, tokens = notebook.attention_patterns(lm, TEXT)
+    assert patterns.shape == (3, 4, len(TEXT), len(TEXT)) and tokens[0] == "H"
+    np.testing.assert_allclose(patterns.sum(-1), 1.0, atol=1e-5)
+    fig = notebook.plot_attention(lm, TEXT, layer=2, head=3)
+    assert fig.data[0].type == "heatmap" and "layer 2, head 3" in fig.layout.title.text
+    with pytest.raises(ValueError, match=r"layer 3 is out of range \(0..2\)"):
+        notebook.plot_attention(lm, TEXT, layer=3, head=0)
+    with pytest.raises(ValueError, match=r"head 4 is out of range \(0..3\)"):
+        notebook.plot_attention(lm, TEXT, layer=0, head=4)
+    assert notebook.plot_attention_heads(lm, TEXT).data[0].z.shape == (3 * len(TEXT), 4 * len(TEXT))
+    assert notebook.plot_rollout(lm, TEXT).data[0].type == "heatmap"
+    assert notebook.plot_token_activations(lm, TEXT, "mlp").data[0].z.shape == (3, len(TEXT))
+    assert len(notebook.plot_token_embeddings(lm, TEXT, dims=3, sample=50).data) == 2
+    sal = notebook.saliency(lm, TEXT, target="x", ig_steps=16)
+    assert sal["target"] == "x" and sal["ig"].shape == (len(TEXT),)
+    assert notebook.plot_saliency(lm, TEXT, "grad_norm").data[0].type == "bar"
+    lens = notebook.plot_logit_lens(lm, TEXT, last=8)
+    assert lens.data[0].z.shape == (7, 8)
+    assert [t for t, _ in notebook.nearest(lm, "a", 3)] and len(notebook.nearest(lm, "a", 3)) == 3
+    summary = notebook.model_summary(lm)
+    assert summary["parameters"]["count"] == sum(p.numel() for p in lm.model.parameters())
+    assert notebook.plot_architecture(lm.model.config).data[0].type == "mesh3d"
+    assert lm.model.config._attn_implementation != "eager"
+
+
+def test_tokens_are_escaped_in_figures() -> None:
+    tokens = ["<script>", " x", "&"]
+    heat = json.loads(pio.to_json(figures.attention_figure(np.eye(3), tokens, "t")))["data"][0]
+    assert heat["x"] == heat["y"] == ["0·&lt;script&gt;", "1·␣x", "2·&amp;"]
+    bars = json.loads(pio.to_json(figures.saliency_figure(np.ones(3), tokens, "t")))["data"][0]
+    assert bars["x"][0] == "0·&lt;script&gt;"
+    lens = figures.lens_figure(np.zeros((2, 3), np.int32), np.ones((2, 3)), ["a", "b"], tokens, {"0": "<i>"})
+    assert json.loads(pio.to_json(lens))["data"][0]["text"][0] == ["&lt;i&gt;"] * 3
+
+
+def test_attention_payload_is_compact() -> None:
+    # A 512-token head travels as uint16 basis points: well under 1 MB of JSON.
+    rng = np.random.default_rng(0)
+    pattern = np.tril(rng.random((512, 512)))
+    pattern /= pattern.sum(-1, keepdims=True)
+    fig = figures.attention_figure(pattern, [f"t{i}" for i in range(512)], "t")
+    payload = pio.to_json(fig)
+    assert len(payload) < 1_000_000
+    z = json.loads(payload)["data"][0]["z"]
+    assert z["dtype"] == "u2"
+
+
+def test_sheet_cell() -> None:
+    assert figures.sheet_cell(2.99, 0.01, 3, 4) == (0, 2)
+    assert figures.sheet_cell(4.0, 0.5, 3, 4) is None
+    assert figures.sheet_cell(0.5, -0.1, 3, 4) is None
