@@ -245,3 +245,6 @@ def grid_png(run_id: str):
 from webapp.views.sae.api import register as _register_sae_routes  # noqa: E402
 
 _register_sae_routes(api)
+from webapp.views.scan.api import register as _register_scan_routes  # noqa: E402
+
+_register_scan_routes(api)

@@ -15,6 +15,11 @@ view builds them with ``webapp.views.geometry.page.export_figures``) and writes
   cannot be rendered is reported by ``PngUnavailable`` after the HTML files
   are written.
 
+``standalone_html(figure, title=..., description=...)`` is one such page on its
+own (no index link), e.g. a scan run's animation served for download; a
+``post_script`` (JavaScript run after the plot is created, ``{plot_id}`` is the
+figure's div id) can add controls such as keyboard shortcuts.
+
 Invariants: only plotly is imported (no Dash, no database); every user-visible
 string goes through ``html.escape``; file names are the given slugs, which
 must be simple (letters, digits, dashes).
@@ -29,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PngUnavailable", "STEP_SCRIPT", "write_bundle"]
+__all__ = ["PngUnavailable", "STEP_SCRIPT", "standalone_html", "write_bundle"]
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -81,17 +86,27 @@ def _page(title: str, body: str) -> str:
             f"<body>{body}</body></html>\n")
 
 
-def _view_html(title: str, subtitle: str, view_title: str, description: str, figure: Any) -> str:
+def _view_html(title: str, subtitle: str, view_title: str, description: str, figure: Any, *,
+               index_link: bool = True, post_script: str = "") -> str:
     import plotly.io as pio
 
     has_frames = bool(getattr(figure, "frames", None))
+    script = (STEP_SCRIPT if has_frames else "") + post_script
     div = pio.to_html(figure, include_plotlyjs=True, full_html=False, div_id="atlas-figure",
                       config={"displaylogo": False, "scrollZoom": True, "responsive": True},
-                      post_script=STEP_SCRIPT if has_frames else None)
-    body = (f"<p class=\"sub\"><a href=\"index.html\">&larr; {html.escape(title)}</a> · "
+                      post_script=script or None)
+    back = f"<a href=\"index.html\">&larr; {html.escape(title)}</a>" if index_link else html.escape(title)
+    body = (f"<p class=\"sub\">{back} · "
             f"{html.escape(subtitle)}</p><h1>{html.escape(view_title)}</h1>"
             f"<p class=\"desc\">{html.escape(description)}</p>{div}")
     return _page(f"{view_title} · {title}", body)
+
+
+def standalone_html(figure: Any, *, title: str, view_title: str, description: str, subtitle: str = "",
+                    post_script: str = "") -> str:
+    """One self-contained interactive page (plotly.js inlined, no index link); see the module docstring."""
+    return _view_html(title, subtitle, view_title, description, figure, index_link=False,
+                      post_script=post_script)
 
 
 def _png(figures: list[Any], paths: list[Path]) -> None:
