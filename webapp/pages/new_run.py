@@ -41,8 +41,14 @@ def kind_form(kind: str):
 
 
 def _starts_fresh(kind: AnalysisKind) -> bool:
-    """Kinds submitted from this form: a model and nothing else (others start from a run's page)."""
-    return kind.needs_model and not kind.reads_runs
+    """Kinds submitted from this form: a model and nothing else (others start from a run's page).
+
+    A kind that may read stored runs is offered too when its view has a New-run
+    form (``sae``: an SAE trained by a run); child kinds (a lens of a run) have none.
+    """
+    if not kind.needs_model:
+        return False
+    return not kind.reads_runs or hasattr(get_view(kind.name), "form_fields")
 
 
 def layout(kind: str | None = None, **_kwargs):
