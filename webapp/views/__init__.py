@@ -26,6 +26,7 @@ FIELD_TYPE = "new-run-field"
 VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry", "grid": "webapp.views.grid",
                                 "geometry_reproject": "webapp.views.geometry",
                                 "geometry_lens": "webapp.views.geometry.lens",
+                                "anatomy": "webapp.views.anatomy",
                                 "sae": "webapp.views.sae", "scan": "webapp.views.scan"}
 
 

@@ -1,0 +1,103 @@
+"""The anatomy view: row reads of one head, index checks (URL and inputs), the form, the rendered page."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import plotly.io as pio
+import pytest
+
+from latent_atlas.analyses.anatomy import AnatomyParams, run_anatomy
+from latent_atlas.settings import Limits
+from models.store import ArtifactStore
+from webapp.views import FormError
+from webapp.views.anatomy import data as ad
+from webapp.views.anatomy import form, page, parts
+
+PROMPT = "One <b>two</b> & three"
+
+
+@pytest.fixture(scope="module")
+def stored(tiny_llama, tmp_path_factory):
+    result = run_anatomy(AnatomyParams(model="tiny-llama", prompt=PROMPT, ig_steps=8, vocab_sample=40), tiny_llama)
+    root = str(tmp_path_factory.mktemp("store"))
+    store = ArtifactStore(root)
+    artifacts = [SimpleNamespace(name=name, uri=store.write_array(array).uri) for name, array in result.arrays.items()]
+    run = SimpleNamespace(id="r1", kind="anatomy", summary=result.summary, artifacts=artifacts)
+    arrays = {k: v for k, v in result.arrays.items() if k in ad.ARRAYS}
+    return result, ad.from_run(run, arrays, root), run, root
+
+
+def test_page_arrays_leave_the_large_ones_on_disk(stored) -> None:
+    result, data, _, _ = stored
+    assert set(ad.LARGE) & set(ad.ARRAYS) == set()
+    assert set(result.arrays) - set(ad.ARRAYS) == set(ad.LARGE)
+    assert "attention" not in data.arrays
+
+
+def test_one_head_and_one_rollout_layer_are_read_alone(stored) -> None:
+    result, data, _, _ = stored
+    heads = data.n_heads
+    for layer, head in [(0, 0), (2, 3), (1, 2)]:
+        np.testing.assert_array_equal(ad.head_pattern(data, layer, head),
+                                      result.arrays["attention"][layer * heads + head].astype(np.float32))
+    np.testing.assert_array_equal(ad.rollout_layer(data, 2), result.arrays["rollout"][2].astype(np.float32))
+    with pytest.raises(ValueError, match=r"head 4 is out of range for this model \(0..3\)"):
+        ad.head_pattern(data, 0, 4)
+    with pytest.raises(ValueError, match=r"layer -1 is out of range"):
+        ad.rollout_layer(data, -1)
+
+
+@pytest.mark.parametrize(("search", "expected"), [
+    ("?layer=2&head=1", (2, 1, [])),
+    ("", (None, None, [])),
+    ("?layer=3", (None, None, ["URL: layer 3 is out of range for this model (0..2)"])),
+    ("?head=x&layer=1", (1, None, ["URL: head must be a whole number from 0 to 3"])),
+    ("?layer=1.5", (None, None, ["URL: layer must be a whole number from 0 to 2"])),
+    ("?layer=" + "9" * 400, (None, None, ["URL: layer 99999999999999999999 is out of range for this model (0..2)"])),
+])
+def test_parse_query(search: str, expected: tuple) -> None:
+    assert ad.parse_query(search, 3, 4) == expected
+
+
+def test_render_and_callbacks(stored) -> None:
+    _, data, run, root = stored
+    component = page.render(run, data.arrays)
+    text = json.dumps(component.to_plotly_json(), default=lambda o: o.to_plotly_json() if hasattr(o, "to_plotly_json") else str(o))
+    assert "anatomy-architecture" in text and "anatomy-sheet" in text and "anatomy-sal-method" in text
+    neurons = parts.neuron_table(data, 1, 3)
+    assert "Layer 1, token 3" in json.dumps(neurons.to_plotly_json(), default=str)
+    sal = parts.saliency_text(data.tokens, data.arrays["saliency_ig"])
+    spans = sal.children
+    assert len(spans) == len(PROMPT) and spans[0].children == "O"
+    assert float(getattr(spans[0], "data-score")) == pytest.approx(float(data.arrays["saliency_ig"][0]), rel=1e-6)
+    info = dict(parts.saliency_info(data.summary, data.vocab))
+    assert "IG completeness error" in info
+    fig = json.loads(pio.to_json(parts_lens(data)))
+    assert fig["data"][0]["type"] == "heatmap"
+
+
+def parts_lens(data: ad.AnatomyData):
+    from latent_atlas.analyses.anatomy import figures
+
+    return figures.lens_figure(data.arrays["lens_ids"], data.arrays["lens_probs"], data.summary["lens_labels"],
+                               data.tokens, data.summary["vocab"])
+
+
+def test_form() -> None:
+    limits = Limits()
+    values = {"prompt": "Hi", "max_tokens": 512, "ig_steps": 0, "ig_batch": 8, "top_neurons": 8,
+              "vocab_sample": 100, "neighbours": 5, "target": " Paris", "projection": "pca", "sublayer_lens": False}
+    params = form.params_from_form("m", values, limits)
+    assert params["target"] == " Paris" and params["sublayer_lens"] is False and "foil" not in params
+    AnatomyParams.model_validate(params)
+    with pytest.raises(FormError) as info:
+        form.params_from_form(None, {**values, "prompt": "  ", "ig_steps": 257, "max_tokens": 513,
+                                     "projection": "tsne"}, limits)
+    messages = info.value.messages
+    assert "model: choose a model" in messages and "prompt: give a prompt" in messages
+    assert any(m.startswith("ig_steps:") and "0 to 256" in m for m in messages)
+    assert any(m.startswith("max_tokens:") and "1 to 512" in m for m in messages)
+    assert "projection: must be pca or umap" in messages
