@@ -24,10 +24,11 @@ def test_parse_prompts_ignores_empty_lines_and_strips():
 
 
 def test_params_from_form_builds_valid_geometry_params():
-    params = params_from_form("tiny-gpt2", values(unit_normalise=True, average="positions", dims="2"),
-                              Limits())
+    params = params_from_form("tiny-gpt2", values(unit_normalise=True, exclude_position0=True,
+                                                  average="positions", dims="2"), Limits())
     assert params == {"model": "tiny-gpt2", "prompts": ["The capital of France is", "Once upon a time"],
-                      "max_tokens": 32, "unit_normalise": True, "average": "positions", "dims": 2}
+                      "max_tokens": 32, "unit_normalise": True, "exclude_position0": True,
+                      "average": "positions", "dims": 2}
     GeometryParams.model_validate(params)
 
 

@@ -61,8 +61,8 @@ class ReprojectParams(BaseModel):
     model: CatalogueModel  # the source's model (for listings; never loaded)
     reduction: Reduction = "pca"
     dims: Literal[2, 3] = 3
-    unit_normalise: bool = False
-    exclude_position0: bool = False
+    unit_normalise: bool = True  # the same defaults as a geometry run
+    exclude_position0: bool = True
     components: list[Component] = Field(default_factory=lambda: list(COMPONENTS), min_length=1)
     layer_start: int = Field(0, ge=0, le=4096)
     layer_stop: int | None = Field(None, ge=1, le=4096)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import N_LAYERS, VOCAB_SIZE
 
 from latent_atlas.analyses.geometry import run_geometry
 from latent_atlas.analyses.geometry.params import GeometryParams
+from tiny_models import N_LAYERS, VOCAB_SIZE
 
 BASE = {"model": "tiny", "prompts": ["ab ab"], "max_tokens": 8}
 

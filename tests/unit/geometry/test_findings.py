@@ -60,3 +60,24 @@ def test_residual_norms_grow_through_the_layers(measured: dict) -> None:
     assert measured["growth_resid_post"]["spearman"] > 0.5
     rest = np.array(measured["resid_post_mean_rest"])
     assert rest[-1] > rest[0] * 5
+
+
+# The New-run page's example prompts: the "default run" a new user starts with.
+DEFAULT_RUN_PROMPTS = ["The capital of France is", "The quick brown fox", "Once upon a time"]
+
+
+def test_the_default_run_shows_structure(demo_lm: LanguageModel) -> None:
+    """Measured: raw states give PC1 99.6 % (position 0 is one direction, and the other points
+    span under 1 % of the picture along PC1); the defaults (unit-normalised, position 0 out of
+    the fit) give PC1 21 % and the other points fill >= 94 % of every axis."""
+    default = GeometryParams(model="smollm2-135m", prompts=DEFAULT_RUN_PROMPTS, logit_lens=False)
+    raw = default.model_copy(update={"unit_normalise": False, "exclude_position0": False})
+    for params, structured in ((default, True), (raw, False)):
+        arrays = run_geometry(params, demo_lm).arrays
+        coords, rest = arrays["coords"], arrays["position"] != 0
+        pc1 = float(arrays["explained_variance_ratio"][0])
+        spread = np.ptp(coords[rest], axis=0) / np.ptp(coords, axis=0)
+        if structured:
+            assert pc1 < 0.5 and spread.min() > 0.5, (pc1, spread)
+        else:
+            assert pc1 > 0.9 and spread[0] < 0.1, (pc1, spread)

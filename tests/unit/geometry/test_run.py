@@ -44,8 +44,10 @@ def lm(request: pytest.FixtureRequest) -> LanguageModel:
 
 
 def _params(**overrides: object) -> GeometryParams:
+    # The raw path (no normalising, position 0 in the fit) unless a test says otherwise.
     values: dict[str, object] = {"model": "tiny", "prompts": PROMPTS, "batch_size": 3,
-                                 "states_dtype": "float32"}
+                                 "states_dtype": "float32", "unit_normalise": False,
+                                 "exclude_position0": False}
     values.update(overrides)
     return GeometryParams(**values)
 
@@ -378,3 +380,9 @@ def test_real_gpt2_position_embeddings_form_a_helix() -> None:
         angle = np.unwrap(np.arctan2(coords[:, b], coords[:, a]))
         turns.append(abs(angle[-1] - angle[0]))
     assert max(turns) > np.pi
+
+
+def test_the_defaults_normalise_and_fit_without_position0() -> None:
+    """Raw states of real models are one direction (position 0): the defaults avoid that."""
+    options = GeometryParams(model="m", prompts=["a"]).reduce_options()
+    assert options.unit_normalise is True and options.exclude_position0 is True

@@ -334,6 +334,25 @@ class _Run:
         self.id = run_id
 
 
+def test_the_page_says_when_one_direction_dominates():
+    arrays, summary = synthetic()
+    assert geometry_page.dominance_note(summary, arrays) is None  # PC1 41 %
+    assert "geometry-dominance-note" not in str(geometry.render(_Run(summary), arrays))
+    arrays["explained_variance_ratio"] = np.array([0.995, 0.003, 0.001], dtype=np.float32)
+    note = geometry_page.dominance_note(summary, arrays)
+    assert note.startswith("One direction dominates: PC1 explains 99.5 % of the variance")
+    assert "position 0 are 8× the norm" in note
+    assert "with “unit-normalise” and “fit without position 0”" in note
+    text = str(geometry.render(_Run(summary), arrays))
+    assert "geometry-dominance-note" in text and "99.5 %" in text
+    summary.update(unit_normalise=True, exclude_position0=True)
+    assert "already unit-normalised" in geometry_page.dominance_note(summary, arrays)
+    summary.update(unit_normalise=False)
+    assert "with “unit-normalise”, or" in geometry_page.dominance_note(summary, arrays)
+    summary["reduction"] = "umap"  # UMAP axes have no explained variance
+    assert geometry_page.dominance_note(summary, arrays) is None
+
+
 def test_render_builds_six_namespaced_graphs_and_the_panels():
     arrays, summary = synthetic()
     text = str(geometry.render(_Run(summary), arrays))

@@ -133,7 +133,7 @@ def form_fields(settings: Any) -> list[Any]:
                 dbc.Label("Projection", class_name="mt-3"),
                 dbc.RadioItems(id=field_id(KIND, "dims"), value=3, inline=True,
                                options=[{"label": "3D", "value": 3}, {"label": "2D", "value": 2}]),
-                dbc.Switch(id=field_id(KIND, "unit_normalise"), value=False,
+                dbc.Switch(id=field_id(KIND, "unit_normalise"), value=True,
                            label="Unit-normalise states", class_name="mt-1"),
             ], md=4),
         ]),
@@ -145,7 +145,7 @@ def form_fields(settings: Any) -> list[Any]:
                     dbc.RadioItems(id=field_id(KIND, "reduction"), value="pca", inline=True,
                                    options=[{"label": "PCA", "value": "pca"},
                                             {"label": "UMAP", "value": "umap"}], class_name="mt-2"),
-                    dbc.Switch(id=field_id(KIND, "exclude_position0"), value=False,
+                    dbc.Switch(id=field_id(KIND, "exclude_position0"), value=True,
                                label="Fit without position 0"),
                     dbc.Checklist(id=field_id(KIND, "components"), value=list(COMPONENTS),
                                   options=[{"label": f"{c} ({COMPONENT_LABELS[c]})", "value": c}
@@ -343,13 +343,13 @@ def params_from_form(model: str | None, values: Mapping[str, Any], limits: Any) 
         "prompts": prompts,
         "max_tokens": max_tokens,
         "unit_normalise": bool(values.get("unit_normalise")),
+        "exclude_position0": bool(values.get("exclude_position0")),
         "average": average,
         "dims": dims,
     }
     extra = {"reduction": reduction, "components": components, "layer_start": layer_start,
-             "layer_stop": layer_stop, "exclude_position0": bool(values.get("exclude_position0"))}
-    defaults = {"reduction": "pca", "components": list(COMPONENTS), "layer_start": 0, "layer_stop": None,
-                "exclude_position0": False}
+             "layer_stop": layer_stop}
+    defaults = {"reduction": "pca", "components": list(COMPONENTS), "layer_start": 0, "layer_stop": None}
     params.update({k: v for k, v in extra.items() if v != defaults[k]})  # only what differs
     if corpus is not None:
         params.update(corpus)

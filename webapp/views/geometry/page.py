@@ -213,6 +213,39 @@ def _separation_table(summary: Mapping[str, Any]) -> Any:
     ], style={"maxHeight": "320px", "overflowY": "auto"})
 
 
+DOMINANCE_THRESHOLD = 0.9  # PC1's share of the variance above which the page says one direction dominates
+
+
+def dominance_note(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str | None:
+    """What to say when PC1 explains more than ``DOMINANCE_THRESHOLD`` of the variance; else ``None``.
+
+    The remedy names the options this run did not use (unit-normalising, fitting
+    without position 0), which are what keeps real models' projections from
+    being one direction (the README's findings).
+    """
+    explained = arrays.get("explained_variance_ratio")
+    if str(summary.get("reduction", "pca")) != "pca" or explained is None or len(explained) == 0:
+        return None
+    pc1 = float(np.asarray(explained)[0])
+    if not np.isfinite(pc1) or pc1 <= DOMINANCE_THRESHOLD:
+        return None
+    remedies = [label for key, label in (("unit_normalise", "unit-normalise"),
+                                         ("exclude_position0", "fit without position 0"))
+                if not summary.get(key)]
+    text = (f"One direction dominates: PC1 explains {100.0 * pc1:.1f} % of the variance, so the other "
+            "axes show little. ")
+    ratio = (summary.get("norm_stats") or {}).get("position0_ratio_overall")
+    if ratio is not None and float(ratio) > 2.0:
+        text += f"The states at position 0 are {float(ratio):.0f}× the norm of the rest. "
+    if remedies:
+        text += "Re-project (panel on the right; no model run) with " + " and ".join(
+            f"“{r}”" for r in remedies) + ", or switch on “hide position 0” below."
+    else:
+        text += ("This run is already unit-normalised and fitted without position 0: try other "
+                 "components or layers, or UMAP (panel on the right).")
+    return text
+
+
 def _view_options(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
     layers = np.asarray(arrays["layer"])
     lo, hi = (int(layers.min()), int(layers.max())) if len(layers) else (0, 0)
@@ -248,6 +281,10 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
         highlight_index[view.id] = figure.layout.meta["highlight_trace"]
         extra: list[Any] = []
         if view.slug == "layer-evolution":
+            note = dominance_note(summary, arrays)
+            if note is not None:
+                extra.append(dbc.Alert(note, color="warning", class_name="small py-2 mb-2",
+                                       id="geometry-dominance-note"))
             extra.append(_view_options(summary, arrays))
         if view.slug == "positional-structure":
             info = summary.get("positional") or {}
