@@ -1,6 +1,7 @@
 """The grid run kind in the portal: one module per concern, their public names re-exported.
 
-``data`` (constants, ``GridData``, colours, labels), ``figures`` (the map
+``data`` (constants, ``GridData``, labels), ``colours`` (the Glasbey palette
+and token colour assignment), ``figures`` (the map
 figure, legend, cell details), ``export`` (JSON and PNG), ``form`` (the
 New-run form) and ``page`` (the run page's layout and callbacks; importing
 the package registers them). ``webapp.views.grid`` is the one place callers

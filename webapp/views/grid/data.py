@@ -1,4 +1,10 @@
-"""Grid views: constants, the loaded run (``GridData``), colours and labels; see ``webapp.views.grid``."""
+"""Grid views: constants, the loaded run (``GridData``), colours and labels; see ``webapp.views.grid``.
+
+Token colours come from ``webapp.views.grid.colours`` (Glasbey palette, slots
+assigned per colour context so that neighbouring regions differ); a
+``GridData``'s colour context is its own top-1 counts and touching pairs, or
+those of every map shown with it (``in_context``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,16 @@ from typing import Any
 import numpy as np
 import plotly.express as px
 
+from webapp.views.grid.colours import (
+    PALETTE,
+    PALETTE_RGB,
+    Edges,
+    assign_colour_slots,
+    hex_rgb,
+    map_edges,
+    token_palette_index,
+)
+
 KIND = "grid"
 PLANES = {
     "direct": "direct (x, y in dimensions 0 and 1)",
@@ -20,9 +36,6 @@ PLANES = {
     "through_states": "through three real states",
 }
 COLOR_MODES = {"token": "top token", "probability": "probability", "entropy": "entropy"}
-PALETTE: tuple[str, ...] = tuple(dict.fromkeys(
-    c.upper() for c in px.colors.qualitative.Alphabet + px.colors.qualitative.Dark24
-    + px.colors.qualitative.Light24))
 SCALES = {"probability": px.colors.sequential.Viridis, "entropy": px.colors.sequential.Plasma}
 MAX_TEXT_SIDE = 40  # cells a side at most for token text on the map
 HOVER_LINES = 40_000  # top-k lines of hover text in one figure at most
@@ -62,6 +75,7 @@ class GridData:
     ys: np.ndarray  # (N,)
     state_coords: np.ndarray | None = None  # (3, 2) through_states
     palette_counts: Mapping[int, int] | None = None  # colour context; None: this map alone
+    palette_edges: Edges | None = None  # touching top-1 pairs of the colour context
 
     @classmethod
     def from_arrays(cls, run_id: str, summary: Mapping[str, Any], params: Mapping[str, Any],
@@ -107,8 +121,15 @@ class GridData:
         return {int(t): int(c) for t, c in zip(ids, counts, strict=True)}
 
     @cached_property
+    def top1_edges(self) -> dict[tuple[int, int], int]:
+        return map_edges(self.top1)
+
+    @cached_property
     def _slot_table(self) -> tuple[np.ndarray, np.ndarray]:
-        slots = assign_colour_slots(self.palette_counts or self.top1_counts)
+        if self.palette_counts is None:
+            slots = assign_colour_slots(self.top1_counts, self.top1_edges)
+        else:
+            slots = assign_colour_slots(self.palette_counts, self.palette_edges)
         keys = np.array(sorted(slots), dtype=np.int64)
         return keys, np.array([slots[int(k)] for k in keys], dtype=np.int64)
 
@@ -127,9 +148,11 @@ class GridData:
     def in_context(self, others: list[GridData]) -> GridData:
         """This map coloured in the joint colour context of itself and ``others``."""
         counts: Counter[int] = Counter(self.top1_counts)
+        edges: Counter[tuple[int, int]] = Counter(self.top1_edges)
         for other in others:
             counts.update(other.top1_counts)
-        return replace(self, palette_counts=dict(counts))
+            edges.update(other.top1_edges)
+        return replace(self, palette_counts=dict(counts), palette_edges=dict(edges))
 
 
 def load_grid(run_id: str, context: tuple[str, ...] | list[str] | None = None) -> GridData:
@@ -156,39 +179,6 @@ def _load_grid(run_id: str) -> GridData:
 # --------------------------------------------------------------------------- colours
 
 
-def token_palette_index(ids: np.ndarray | int) -> np.ndarray:
-    """A stable palette slot per token id (a multiplicative hash of the id)."""
-    h = np.asarray(ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return ((h >> np.uint64(40)) % np.uint64(len(PALETTE))).astype(np.int64)
-
-
-def _hex_rgb(colour: str) -> tuple[int, int, int]:
-    colour = colour.lstrip("#")
-    return int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16)
-
-
-PALETTE_RGB = np.array([_hex_rgb(c) for c in PALETTE], dtype=np.uint8)
-
-
-def assign_colour_slots(counts: Mapping[int, int]) -> dict[int, int]:
-    """A palette slot per token id: most frequent first, each takes its home slot or the next free one.
-
-    Deterministic (ties go to the smaller id); distinct ids get distinct slots
-    while the palette lasts, after which the rest keep their home slots.
-    """
-    size = len(PALETTE)
-    taken = np.zeros(size, dtype=bool)
-    slots: dict[int, int] = {}
-    for token in sorted(counts, key=lambda t: (-counts[t], t)):
-        slot = int(token_palette_index(int(token)))
-        if len(slots) < size:
-            while taken[slot]:
-                slot = (slot + 1) % size
-            taken[slot] = True
-        slots[int(token)] = slot
-    return slots
-
-
 def discrete_colorscale() -> list[list[Any]]:
     """Steps of equal width, one per palette colour, for z = palette index."""
     p = len(PALETTE)
@@ -201,7 +191,7 @@ def discrete_colorscale() -> list[list[Any]]:
 
 def scale_rgb(values: np.ndarray, scale: list[str], low: float, high: float) -> np.ndarray:
     """RGB (uint8) of ``values`` on a continuous scale of evenly spaced hex colours."""
-    stops = np.array([_hex_rgb(c) for c in scale], dtype=np.float64)
+    stops = np.array([hex_rgb(c) for c in scale], dtype=np.float64)
     t = np.clip((np.asarray(values, dtype=np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
     pos = np.linspace(0.0, 1.0, len(scale))
     return np.stack([np.interp(t, pos, stops[:, c]) for c in range(3)], axis=-1).round().astype(np.uint8)

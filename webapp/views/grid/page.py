@@ -15,12 +15,13 @@ cells (x = ``xs``, y = ``ys``, so row j is drawn at ``ys[j]``), 1 a text
 when that window is at most ``MAX_TEXT_SIDE`` cells a side: every cell's text
 at 200 x 200 is unreadable and slow), 2 (through_states only) the three
 states. Colour by probability or entropy uses a continuous scale; colour by
-token gives each top-1 id a palette slot (``assign_colour_slots``): its hashed
-home slot (``token_palette_index``), unless a more frequent token of the same
-colour context already holds it, then the next free slot. A colour context is
-one run (run page, PNG, JSON) or the runs shown together (side by side), so
-within a context distinct tokens get distinct colours (up to the palette's
-size) and one token has one colour in the map, the legend, the text and the PNG.
+token gives each top-1 id a slot of a Glasbey palette (``assign_colour_slots``
+in ``colours``): most frequent first, each taking the free slot farthest from
+the colours of the tokens whose cells touch its own, so neighbouring regions
+differ. A colour context is one run (run page, PNG, JSON) or the runs shown
+together (side by side), so within a context distinct tokens get distinct
+colours (up to the palette's 256) and one token has one colour in the map, the
+legend, the text and the PNG.
 
 Invariants:
 
