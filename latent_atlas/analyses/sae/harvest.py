@@ -62,7 +62,8 @@ class CscWriter:
     def add(self, batch: SparseBatch) -> None:
         if batch.token.size == 0:
             return
-        order = np.lexsort((batch.latent, batch.token))
+        key = batch.token * self.d_sae + batch.latent
+        order = np.arange(key.size) if bool((key[1:] > key[:-1]).all()) else np.argsort(key, kind="stable")
         if batch.token[order[0]] <= self.last_token:
             raise ValueError("CscWriter: batches must come in token order")
         records = np.empty(order.size, _RECORD)

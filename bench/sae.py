@@ -1,0 +1,318 @@
+"""SAE harvest (run kind ``sae``): throughput vs the floor, vs the seed's approach, memory, co-firing.
+
+Usage::
+
+    python bench/sae.py [--sections throughput,seed,memory,cofire] [--tokens 20000] [--layer 6]
+                        [--d-sae 4608] [--k 64] [--memory-tokens 100000,400000,1600000]
+                        [--memory-layer 0] [--cofire-latents 16384] [--cofire-tokens 1000000]
+                        [--model-dir DIR] [--device auto]
+
+The SAE is a random sae-lens ``TopKSAE`` (``--k`` latents fire per token, so L0 is
+exact) hooked at ``blocks.{layer}.hook_resid_post`` of the demo model (or
+``--model-dir``); no trained SAE is needed for speed or memory.
+
+Sections (ratios are against baselines measured in the same run):
+
+* ``throughput``: the harvest with every reducer (top-k, intervals, histogram, stats,
+  exact co-firing, CSC) vs the floor: the same batches through the same forward that
+  stops at the hook plus ``sae.encode`` and nothing else. Target: >= 0.8x.
+* ``seed``: the seed's approach on the same non-zeros (recorded once from the model):
+  write every non-zero activation to shards, then concatenate them, build per-latent
+  indices by sorting, and sort each latent for its top-k; vs our streaming reducers
+  (top-k + CSC; and with every reducer). Time and bytes written.
+* ``memory``: the harvest (all reducers + CSC) at each ``--memory-tokens`` on the model
+  at ``--memory-layer`` (layer 0 keeps the CPU time sane): peak anonymous memory
+  (``RssAnon``; the CSC's temporary files are page cache, not heap) beyond the loaded
+  model + SAE, and seconds. Flat in the corpus size is the target.
+* ``cofire``: exact co-firing edges for ``--cofire-latents`` latents over
+  ``--cofire-tokens`` tokens of synthetic activations (L0 = ``--k``, latent popularity
+  Zipf-like): seconds for the accumulation and the edges, and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _model import load_bench_model  # noqa: E402
+
+from latent_atlas.analyses.sae.activations import activations_at  # noqa: E402
+from latent_atlas.analyses.sae.cofire import CoFiring  # noqa: E402
+from latent_atlas.analyses.sae.harvest import CscWriter, harvest  # noqa: E402
+from latent_atlas.analyses.sae.reducers import HarvestReducers, SparseBatch, TopK  # noqa: E402
+from latent_atlas.analyses.sae.source import sae_hook  # noqa: E402
+from latent_atlas.lm import resolve_device  # noqa: E402
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def peak_anon(period: float = 0.005) -> Iterator[dict[str, int]]:
+    """``before`` / ``peak`` RssAnon (bytes) over the block, sampled every ``period`` s."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    stats = {"before": _status("RssAnon")}
+    stats["peak"] = stats["before"]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            stats["peak"] = max(stats["peak"], _status("RssAnon"))
+            time.sleep(period)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield stats
+    finally:
+        stop.set()
+        thread.join()
+
+
+def random_sae(d_in: int, d_sae: int, k: int, layer: int, device: torch.device):
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
+                                metadata=SAEMetadata(hook_name=f"blocks.{layer}.hook_resid_post")))
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.copy_(torch.randn_like(param) * d_in ** -0.5)
+    return sae.to(device).eval()
+
+
+def corpus(lm, n_tokens: int, context_len: int = 128, seed: int = 0) -> list[list[int]]:
+    """Token sequences of the demo corpus when present, else seeded random ids (same cost)."""
+    from latent_atlas.analyses.corpus import read_corpus, sample_sequences
+    from latent_atlas.analyses.sae.corpus_demo import demo_corpus_path
+    from latent_atlas.settings import get_settings
+
+    path = demo_corpus_path(get_settings().data_dir)
+    n = -(-n_tokens // context_len)
+    if path.is_file():
+        docs = read_corpus(path.name, path.read_bytes(), "jsonl")
+        seqs = sample_sequences(lm.tokenizer, docs, n, context_len, seed).token_ids
+        if sum(map(len, seqs)) >= n_tokens:
+            return seqs
+    rng = np.random.default_rng(seed)
+    return rng.integers(100, lm.vocab_size, (n, context_len)).tolist()
+
+
+def floor_pass(lm, sae, hook, sequences: list[list[int]], batch_tokens: int) -> None:
+    """Forward to the hook + ``sae.encode`` on the harvest's batches; nothing kept."""
+    per = max(1, batch_tokens // len(sequences[0]))
+    for start in range(0, len(sequences), per):
+        ids = torch.tensor(sequences[start:start + per])
+        acts = activations_at(lm, ids, None, hook)
+        with torch.no_grad():
+            feats = sae.encode(acts[:, 1:].reshape(-1, acts.shape[-1]).to(torch.float32))
+        if feats.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def run_harvest(lm, sae, hook, sequences, batch_tokens: int, cofire: bool = True) -> tuple[float, int]:
+    d = sae.cfg.d_sae
+    reducers = HarvestReducers(d, top_k=20, interval_bins=10, interval_per_bin=5, hist_bins=48, cofire=cofire)
+    csc = CscWriter(d)
+    start = time.perf_counter()
+    harvest(lm, sae, hook, sequences, reducers, batch_tokens=batch_tokens, skip_positions=1,
+            progress=lambda f, s: None, csc=csc)
+    ptr, tok, val = csc.finish()
+    reducers.result(10)
+    return time.perf_counter() - start, int(tok.size)
+
+
+def section_throughput(lm, args) -> None:
+    sae = random_sae(lm.d_model, args.d_sae, args.k, args.layer, lm.device)
+    hook = sae_hook(sae)
+    seqs = corpus(lm, args.tokens)
+    n = sum(map(len, seqs))
+    floor_pass(lm, sae, hook, seqs[:2], args.batch_tokens)  # warm-up
+    t_floor = min(_timed(lambda: floor_pass(lm, sae, hook, seqs, args.batch_tokens)) for _ in range(args.repeats))
+    t_real = min(run_harvest(lm, sae, hook, seqs, args.batch_tokens)[0] for _ in range(args.repeats))
+    print(f"throughput: {n:,} tokens, layer {args.layer}, d_sae {args.d_sae:,}, L0 {args.k}, {lm.device}")
+    print(f"  floor (forward to the hook + encode): {t_floor:.2f} s = {n / t_floor:,.0f} tokens/s")
+    print(f"  harvest, every reducer + CSC:         {t_real:.2f} s = {n / t_real:,.0f} tokens/s")
+    print(f"  ratio harvest / floor throughput: {t_floor / t_real:.2f}x (target >= 0.8x)")
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def record_batches(lm, sae, hook, seqs, batch_tokens: int) -> list[SparseBatch]:
+    """The harvest's SparseBatches, recorded (what both approaches consume)."""
+    recorded: list[SparseBatch] = []
+
+    class Recorder(HarvestReducers):
+        def __init__(self) -> None:  # records only
+            pass
+
+        def update(self, batch: SparseBatch) -> None:
+            recorded.append(batch)
+
+    harvest(lm, sae, hook, seqs, Recorder(), batch_tokens=batch_tokens, skip_positions=1,
+            progress=lambda f, s: None)
+    return recorded
+
+
+def seed_approach(batches: list[SparseBatch], d: int, k: int, directory: Path) -> int:
+    """Shards of every non-zero, then per-latent indices by sorting, then top-k per latent; bytes written."""
+    written = 0
+    for number, b in enumerate(batches):
+        for name, array in (("token", b.token), ("latent", b.latent), ("value", b.value)):
+            path = directory / f"shard{number:05d}_{name}.npy"
+            np.save(path, array)
+            written += path.stat().st_size
+    tokens = np.concatenate([np.load(directory / f"shard{i:05d}_token.npy") for i in range(len(batches))])
+    latents = np.concatenate([np.load(directory / f"shard{i:05d}_latent.npy") for i in range(len(batches))])
+    values = np.concatenate([np.load(directory / f"shard{i:05d}_value.npy") for i in range(len(batches))])
+    order = np.argsort(latents, kind="stable")
+    ptr = np.searchsorted(latents[order], np.arange(d + 1))
+    for name, array in (("index_order", order), ("index_ptr", ptr)):
+        path = directory / f"{name}.npy"
+        np.save(path, array)
+        written += path.stat().st_size
+    top = np.full((d, k), -1, np.int64)
+    for lat in range(d):
+        rows = order[ptr[lat]:ptr[lat + 1]]
+        best = rows[np.lexsort((tokens[rows], -values[rows]))[:k]]
+        top[lat, :best.size] = tokens[best]
+    return written
+
+
+def section_seed(lm, args) -> None:
+    sae = random_sae(lm.d_model, args.d_sae, args.k, args.layer, lm.device)
+    seqs = corpus(lm, args.tokens)
+    batches = record_batches(lm, sae, sae_hook(sae), seqs, args.batch_tokens)
+    nnz = sum(b.value.size for b in batches)
+    d = args.d_sae
+    scratch = Path(tempfile.mkdtemp(prefix="sae-bench-"))
+    try:
+        start = time.perf_counter()
+        seed_bytes = seed_approach(batches, d, 20, scratch)
+        t_seed = time.perf_counter() - start
+    finally:
+        shutil.rmtree(scratch)
+    start = time.perf_counter()
+    topk, csc = TopK(d, 20), CscWriter(d)
+    for b in batches:
+        topk.update(b)
+        csc.add(b)
+    ptr, tok, val = csc.finish()
+    t_ours = time.perf_counter() - start
+    ours_bytes = nnz * 12 + tok.nbytes + val.nbytes + ptr.nbytes  # temp COO + the CSC arrays
+    start = time.perf_counter()
+    every = HarvestReducers(d, top_k=20, interval_bins=10, interval_per_bin=5, hist_bins=48, cofire=False)
+    for b in batches:
+        every.update(b)
+    every.result(10)
+    t_every = time.perf_counter() - start
+    print(f"seed approach vs streaming, {nnz:,} non-zeros ({d:,} latents, {len(batches)} batches):")
+    print(f"  seed: shards + per-latent index + sort for top-k: {t_seed:.2f} s, {seed_bytes / 2**20:,.1f} MiB written")
+    print(f"  ours: top-k reducer + CSC (temp file + arrays):     {t_ours:.2f} s, {ours_bytes / 2**20:,.1f} MiB written")
+    print(f"  ours: every reducer but co-firing, no CSC:          {t_every:.2f} s, 0 MiB written")
+    print(f"  ratio seed / ours (top-k + CSC): {t_seed / t_ours:.2f}x time, {seed_bytes / ours_bytes:.2f}x bytes")
+
+
+def section_memory(lm, args) -> None:
+    sae = random_sae(lm.d_model, args.d_sae, args.k, args.memory_layer, lm.device)
+    hook = sae_hook(sae)
+    print(f"memory: layer {args.memory_layer}, d_sae {args.d_sae:,}, L0 {args.k}; peak RssAnon beyond model + SAE")
+    for n in args.memory_tokens:
+        seqs = corpus(lm, n)
+        gc.collect()
+        with peak_anon() as stats:
+            seconds, nnz = run_harvest(lm, sae, hook, seqs, args.batch_tokens, cofire=False)
+        tokens_bytes = sum(map(len, seqs)) * 4 * 4  # the sequences list is not counted as harvest state
+        print(f"  {n:>10,} tokens: {seconds:7.1f} s, {n / seconds:8,.0f} tokens/s, peak +"
+              f"{(stats['peak'] - stats['before']) / 2**20:8.1f} MiB (CSC on disk: {nnz * 8 / 2**20:,.0f} MiB; "
+              f"token arrays {tokens_bytes / 2**20:.0f} MiB)")
+        del seqs
+
+
+def synthetic_batches(d: int, n_tokens: int, k: int, batch: int = 4096, seed: int = 0) -> Iterator[SparseBatch]:
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, d + 1) ** 0.8
+    popularity /= popularity.sum()
+    for start in range(0, n_tokens, batch):
+        n = min(batch, n_tokens - start)
+        lat = rng.choice(d, size=(n, k), p=popularity)
+        lat.sort(axis=1)
+        keep = np.ones_like(lat, dtype=bool)
+        keep[:, 1:] = lat[:, 1:] != lat[:, :-1]
+        rows = np.repeat(np.arange(n), k).reshape(n, k)[keep]
+        yield SparseBatch((rows + start).astype(np.int64), lat[keep].astype(np.int64),
+                          rng.exponential(1.0, rows.size).astype(np.float32), start, n)
+
+
+def section_cofire(args) -> None:
+    d, n = args.cofire_latents, args.cofire_tokens
+    with peak_anon() as stats:
+        start = time.perf_counter()
+        reducer = CoFiring(d)
+        for batch in synthetic_batches(d, n, args.k):
+            reducer.update(batch)
+        t_acc = time.perf_counter() - start
+        start = time.perf_counter()
+        edges = reducer.edges(10)
+        t_edges = time.perf_counter() - start
+    print(f"co-firing: {d:,} latents over {n:,} tokens (L0 {args.k}, Zipf-like popularity)")
+    print(f"  accumulate: {t_acc:.1f} s ({n / t_acc:,.0f} tokens/s); edges (Jaccard + co-activation): {t_edges:.1f} s")
+    print(f"  peak +{(stats['peak'] - stats['before']) / 2**20:,.0f} MiB (state 8 d^2 = {8 * d * d / 2**20:,.0f} MiB); "
+          f"latents with a Jaccard edge: {np.mean(edges['edge_jaccard_idx'][:, 0] >= 0):.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="throughput,seed,memory,cofire")
+    parser.add_argument("--tokens", type=int, default=20_000)
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--d-sae", type=int, default=4608)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--memory-tokens", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[100_000, 400_000, 1_600_000])
+    parser.add_argument("--memory-layer", type=int, default=0)
+    parser.add_argument("--cofire-latents", type=int, default=16_384)
+    parser.add_argument("--cofire-tokens", type=int, default=1_000_000)
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    lm = None
+    if set(sections) - {"cofire"}:
+        lm = load_bench_model(args.model_dir, resolve_device(args.device))
+    for section in sections:
+        if section == "cofire":
+            section_cofire(args)
+        else:
+            {"throughput": section_throughput, "seed": section_seed, "memory": section_memory}[section](lm, args)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
