@@ -53,6 +53,8 @@ class Limits(BaseModel):
     max_tokens_per_prompt: int = Field(128, ge=1, le=32_768)
     max_prompt_chars: int = Field(4_000, ge=1)
     max_grid_size: int = Field(512, ge=2, le=4096)
+    # Tokens one ``sae`` harvest may read (a GPU portal raises it: tens of millions are fine there).
+    max_sae_tokens: int = Field(2_000_000, ge=1, le=100_000_000)
     max_concurrent_runs_per_user: int = Field(8, ge=1)
     max_title_chars: int = Field(200, ge=1)
 
