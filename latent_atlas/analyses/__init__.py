@@ -38,6 +38,8 @@ def _registry() -> dict[str, AnalysisKind]:
     from latent_atlas.analyses.geometry import reproject as geometry_reproject
     from latent_atlas.analyses.sae import params as sae_params
     from latent_atlas.analyses.sae import run as sae_run
+    from latent_atlas.analyses.sae import train as sae_train
+    from latent_atlas.analyses.sae import train_params as sae_train_params
 
     return {
         "geometry": AnalysisKind(
@@ -76,6 +78,13 @@ def _registry() -> dict[str, AnalysisKind]:
             run=sae_run.run_sae,
             queue="gpu",
             reads_runs=True,  # an SAE trained by a sae_train run is read through the stored runs
+        ),
+        "sae_train": AnalysisKind(
+            name="sae_train",
+            title="Train a demo SAE (TopK / BatchTopK, sae-lens) on one layer's residual stream",
+            params=sae_train_params.SaeTrainParams,
+            run=sae_train.run_sae_train,
+            queue="gpu",
         ),
         "anatomy": AnalysisKind(
             name="anatomy",
