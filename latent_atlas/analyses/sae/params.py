@@ -15,7 +15,7 @@
 
 Checks (pydantic, strict types, bounds): static bounds always; in the portal's
 validation context (``ctx["models"]`` given) also the catalogue, ``ctx["limits"]``
-(``max_sae_tokens`` when the portal's limits have it, else ``PORTAL_MAX_TOKENS``),
+(``Limits.max_sae_tokens``, ``ATLAS_LIMITS__MAX_SAE_TOKENS``; without limits ``PORTAL_MAX_TOKENS``),
 and the SAE itself: its config is read (``source.sae_config``: ``cfg.json`` or the
 hub) so an unknown SAE, an unreachable hub, an SAE whose ``d_in`` is not the model's
 hidden size or whose hook names a layer the model lacks is refused with a clear
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 MAX_SAE_TOKENS = 100_000_000  # the static bound (a GPU harvests tens of millions)
-PORTAL_MAX_TOKENS = 2_000_000  # the portal's default when its limits do not say (a CPU box)
+PORTAL_MAX_TOKENS = 2_000_000  # the bound when the portal context has no limits (Limits' default)
 MAX_INLINE_TOKENS = 2_000_000  # token ids carried in the params JSON
 
 
@@ -156,7 +156,7 @@ class SaeParams(BaseModel):
         limits = context_get(ctx, "limits")
         if context_get(ctx, "models") is None and limits is None:
             return self  # a notebook or the worker: static bounds only
-        limit = getattr(limits, "max_sae_tokens", None) or PORTAL_MAX_TOKENS
+        limit = PORTAL_MAX_TOKENS if limits is None else limits.max_sae_tokens
         if self.n_tokens > limit:
             raise PydanticCustomError("too_many_tokens", "n_tokens is {n}; this portal harvests at most "
                                       "{limit} tokens per run", {"n": self.n_tokens, "limit": limit})

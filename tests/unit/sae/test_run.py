@@ -208,11 +208,9 @@ def test_checks_before_queueing(portal: Path) -> None:
             validate(raw)
         assert expected in str(info.value).replace(",", ""), (expected, str(info.value))
     # the portal's own limit, when its settings have one
-    class PortalLimits(Limits):
-        max_sae_tokens: int = 500
-
     with pytest.raises(ValidationError, match="at most 500 tokens"):
-        validate(raw_params(), PortalLimits())
+        validate(raw_params(), Limits(max_sae_tokens=500))
+    assert Limits().max_sae_tokens == PORTAL_MAX_TOKENS
 
 
 @pytest.mark.parametrize("bad", [
