@@ -9,8 +9,9 @@ Invariants:
   each query head of its group, and each query head has its own pattern);
 * ``thumbnails`` pools each pattern to at most ``size`` x ``size`` cells (keys
   summed within a block, queries averaged, so pooled rows still sum to 1) and
-  scales each thumbnail by its own maximum to uint8: a sheet of L x H small
-  images the page loads as one array;
+  maps each thumbnail to uint8 as ``255 * sqrt(pooled / its own maximum)`` (the
+  square root lifts the faint spread-out patterns of early layers into view): a
+  sheet of L x H small images the page loads as one array;
 * ``rollout`` is attention rollout (Abnar & Zuidema 2020): per layer the
   head-mean pattern with the residual added, ``A' = (A + I) / 2`` (rows still
   sum to 1), multiplied through the layers, ``R_l = A'_l R_{l-1}``, ``R_0 = A'_0``;
@@ -54,7 +55,7 @@ def pool_pattern(pattern: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
 
 
 def thumbnails(attentions: list[Tensor], size: int = THUMB_SIZE) -> np.ndarray:
-    """(L * H, s, s) uint8: each head's pooled pattern scaled by its own maximum to 0..255."""
+    """(L * H, s, s) uint8: each head's pooled pattern, square-root scaled by its own maximum to 0..255."""
     heads = attentions[0].shape[0]
     t = attentions[0].shape[-1]
     s = min(t, size)
@@ -65,7 +66,7 @@ def thumbnails(attentions: list[Tensor], size: int = THUMB_SIZE) -> np.ndarray:
             pooled = pool_pattern(values[head], size)
             peak = float(pooled.max())
             if peak > 0:
-                out[layer * heads + head] = np.rint(pooled / peak * 255).astype(np.uint8)
+                out[layer * heads + head] = np.rint(np.sqrt(pooled / peak) * 255).astype(np.uint8)
     return out
 
 

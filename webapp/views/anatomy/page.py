@@ -96,10 +96,11 @@ def _attention_tab(data: AnatomyData) -> Any:
             dbc.Col(html.Small(f"layers 0..{data.n_layers - 1}, query heads 0..{data.n_heads - 1}. {note}",
                                className="text-muted"), class_name="pt-1"),
         ], class_name="g-2 mb-2"),
+        html.Div(id="anatomy-url-error"),
         html.Div(id="anatomy-index-error"),
         dbc.Row([
             dbc.Col(dcc.Loading(_graph("anatomy-head-figure")), lg=7),
-            dbc.Col([html.P("Every layer × head (pooled, each scaled to its own maximum); click to enlarge.",
+            dbc.Col([html.P("Every layer × head (pooled; shade = √(value ÷ that head’s maximum)); click one to enlarge it.",
                             className="text-muted small mb-1"),
                      _graph("anatomy-sheet", af.thumbnail_sheet(data.arrays["attention_thumbs"],
                                                                 data.n_layers, data.n_heads))], lg=5),
@@ -182,21 +183,20 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
 # --------------------------------------------------------------------------- callbacks
 
 
-def _alert(messages: list[str]) -> Any:
+def _alert(messages: list[str], ident: str = "anatomy-index-alert") -> Any:
     return dbc.Alert([html.Div(m) for m in messages], color="warning", class_name="py-1 small",
-                     id="anatomy-index-alert") if messages else None
+                     id=ident) if messages else None
 
 
 @callback(
     Output("anatomy-layer", "value"),
     Output("anatomy-head", "value"),
     Output("anatomy-tabs", "active_tab"),
-    Output("anatomy-index-error", "children", allow_duplicate=True),
+    Output("anatomy-url-error", "children"),
     Input("anatomy-location", "search"),
     Input("anatomy-architecture", "clickData"),
     Input("anatomy-sheet", "clickData"),
     State("anatomy-run", "data"),
-    prevent_initial_call="initial_duplicate",
 )
 def _choose(search, block_click, sheet_click, run_id):
     data = load(run_id)
@@ -215,7 +215,7 @@ def _choose(search, block_click, sheet_click, run_id):
             return no, no, no, no
         return cell[0], cell[1], "attention", None
     layer, head, errors = parse_query(search, data.n_layers, data.n_heads)
-    return (no if layer is None else layer, no if head is None else head, no, _alert(errors))
+    return (no if layer is None else layer, no if head is None else head, no, _alert(errors, "anatomy-url-alert"))
 
 
 @callback(

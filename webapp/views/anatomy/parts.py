@@ -15,7 +15,7 @@ from dash import html
 
 from webapp.views.anatomy.data import AnatomyData
 
-TREE_OPEN_DEPTH = 1
+TREE_OPEN_DEPTH = 2
 SALIENCY_METHODS = {"grad_input": "gradient × input", "grad_norm": "gradient norm", "ig": "integrated gradients"}
 
 
