@@ -61,7 +61,7 @@ def token_rows(tokens: list[dict]) -> list[dict]:
 def token_options(tokens: list[dict]) -> list[dict]:
     """Revocable (active) tokens for the dropdown: "name (user, created ...)"."""
     return [{"label": f"{t['name']} ({t['user']}, created {format_time(t['created_at'])})",
-             "value": t["id"]} for t in tokens if t["active"]]
+             "value": str(t["id"])} for t in tokens if t["active"]]
 
 
 def _token_list_card():
@@ -77,8 +77,8 @@ def _token_list_card():
                     dashGridOptions={"domLayout": "autoHeight"},
                 ),
                 dbc.InputGroup([
-                    dcc.Dropdown(id="users-token-revoke-choice", options=token_options(tokens),
-                                 placeholder="Token to revoke", style={"flex": "1"}),
+                    dbc.Select(id="users-token-revoke-choice", options=token_options(tokens),
+                               placeholder="Token to revoke"),
                     dbc.Button("Revoke", id="users-token-revoke", color="danger", n_clicks=0),
                 ], class_name="mt-3"),
                 html.Div(id="users-token-revoke-result", className="mt-2"),
@@ -239,15 +239,15 @@ def _create_token(_clicks, name):
     prevent_initial_call=True,
 )
 def _revoke_token(_clicks, token_id):
-    if not isinstance(token_id, int):
+    if not isinstance(token_id, str) or not token_id.isdigit():
         return _alert("Choose a token to revoke.", "warning"), *([dash.no_update] * 3)
     try:
-        record = users_service.revoke_token(current_user, token_id)
+        record = users_service.revoke_token(current_user, int(token_id))
     except UserError as exc:
         return _alert(str(exc), "danger"), *([dash.no_update] * 3)
     tokens = _visible_tokens()
     return (_alert(f"Revoked token {record['name']} of {record['user']}; it is refused from now on.",
-                   "success"), token_rows(tokens), token_options(tokens), None)
+                   "success"), token_rows(tokens), token_options(tokens), "")
 
 
 def _secret_alert(secret: str):
