@@ -2,7 +2,10 @@
 
 A kind with ``needs_model`` false (post-processing on the ``cpu`` queue) gets
 ``workers.inputs.StoredRuns`` instead of a model and loads nothing; a kind with
-``reads_runs`` gets the model and ``runs=StoredRuns()`` too.
+``reads_runs`` gets the model and ``runs=StoredRuns()`` too; a ``resumable``
+kind gets ``checkpoint=StoreCheckpoint(run_id)``, so a retried attempt skips
+the pieces an earlier one finished. The pieces are removed once this worker
+has ended the run (succeeded, failed or cancelled), not when it lost the run.
 
 The Celery task is a thin wrapper around ``execute_run``. Every way out of a
 claimed run ends in exactly one terminal state written by this worker, unless
@@ -27,6 +30,7 @@ from latent_atlas.lm import ModelLoadError
 from latent_atlas.settings import get_settings
 from models.store import ArtifactStore
 from workers import lifecycle, model_cache
+from workers.checkpoints import StoreCheckpoint
 from workers.inputs import StoredRuns
 
 log = logging.getLogger(__name__)
@@ -51,12 +55,19 @@ def _error_message(exc: BaseException) -> str:
 
 def execute_run(run_id: str, worker: str) -> str:
     """Run ``run_id`` if this worker can claim it; returns the outcome word."""
-    settings = get_settings()
     claim = lifecycle.claim(run_id, worker, pid=os.getpid())
     if claim is None:
         log.info("run %s not claimable here (already owned, finished or cancelled)", run_id)
         return "skipped"
-    attempt = claim.attempt
+    outcome = _execute(claim, worker)
+    if outcome in ("succeeded", "failed", "cancelled"):
+        StoreCheckpoint(run_id).clear()
+    return outcome
+
+
+def _execute(claim: lifecycle.Claim, worker: str) -> str:
+    settings = get_settings()
+    run_id, attempt = claim.run_id, claim.attempt
     timings: dict[str, float] = {}
     with lifecycle.Heartbeat(run_id, attempt, settings.heartbeat_every) as beat:
 
@@ -82,7 +93,9 @@ def execute_run(run_id: str, worker: str) -> str:
                 environment = {"python": platform.python_version(), "numpy": np.__version__}
 
             started = time.perf_counter()
-            extra = {"runs": StoredRuns()} if kind.reads_runs else {}
+            extra: dict[str, Any] = {"runs": StoredRuns()} if kind.reads_runs else {}
+            if kind.resumable:
+                extra["checkpoint"] = StoreCheckpoint(run_id)
             result = kind.run(params, source, progress, **extra)
             timings["analysis_s"] = round(time.perf_counter() - started, 4)
 

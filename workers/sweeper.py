@@ -9,7 +9,8 @@
   ``redispatch_after`` ago is dispatched again. Duplicate messages are harmless:
   the claim lets exactly one through.
 Every change is a conditional UPDATE, so several sweepers may run at once; a
-run ended here closes its open attempt record as ``lost``.
+run ended here closes its open attempt record as ``lost`` and loses its saved
+pieces of work (``workers.checkpoints``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from latent_atlas.settings import get_settings
 from models import Run, RunStatus, session_scope
 from models.base import utcnow
 from models.run import AttemptOutcome, RunAttempt
+from workers.checkpoints import StoreCheckpoint
 from workers.dispatch import dispatch
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,8 @@ def _finalise_stale(run_id: str, attempts: int, stale_before: datetime, **values
                     error="no heartbeat; the sweeper ended the run")
             .execution_options(synchronize_session=False)
         )
-        return True
+    StoreCheckpoint(run_id).clear()  # the run has ended: no attempt will resume it
+    return True
 
 def sweep(now: datetime | None = None) -> SweepReport:
     settings = get_settings()

@@ -57,6 +57,10 @@ class AtlasRequest(Request):
                                                     f"{reason} (pid {self.worker_pid})")
                 log.warning("run %s: worker process %s lost (%s); run is now %s",
                             self.args[0], self.worker_pid, reason, status)
+                if status in ("failed", "cancelled"):  # ended here: no attempt will resume it
+                    from workers.checkpoints import StoreCheckpoint
+
+                    StoreCheckpoint(str(self.args[0])).clear()
             except Exception:  # the sweeper's stale timeout still covers the run
                 log.exception("could not record the lost worker of run %s", self.args[0])
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)

@@ -14,9 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from latent_atlas.analyses.base import Cancelled, Progress, Result, no_progress
+from latent_atlas.analyses.base import (
+    Cancelled,
+    Checkpoint,
+    MemoryCheckpoint,
+    Progress,
+    Result,
+    no_progress,
+)
 
-__all__ = ["AnalysisKind", "Cancelled", "KINDS", "Progress", "Result", "get_kind", "no_progress"]
+__all__ = ["AnalysisKind", "Cancelled", "Checkpoint", "KINDS", "MemoryCheckpoint", "Progress", "Result",
+           "get_kind", "no_progress"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,8 @@ class AnalysisKind:
     needs_model: bool = True
     # True (with a model): ``run(params, lm, progress, runs=...)`` also reads stored runs
     reads_runs: bool = False
+    # True: ``run(..., checkpoint=...)`` saves finished pieces and a retry skips them (base.Checkpoint)
+    resumable: bool = False
 
 
 def _registry() -> dict[str, AnalysisKind]:
@@ -70,6 +80,7 @@ def _registry() -> dict[str, AnalysisKind]:
             params=grid.GridParams,
             run=grid.run_grid,
             queue="gpu",
+            resumable=True,
         ),
         "sae": AnalysisKind(
             name="sae",

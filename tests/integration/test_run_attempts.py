@@ -131,3 +131,21 @@ def test_a_dead_worker_process_ends_a_run_out_of_attempts_or_cancelled(database)
         session.execute(update(Run).where(Run.id == cancelling).values(cancel_requested=True))
     assert lifecycle.mark_worker_lost(cancelling, "w0@host", 1, "died") == "cancelled"
     assert _run(cancelling).status == "cancelled"
+
+
+def test_the_sweeper_ends_a_stale_run_out_of_attempts_and_drops_its_saved_pieces(database):
+    import numpy as np
+
+    from workers.checkpoints import StoreCheckpoint
+    from workers.sweeper import sweep
+
+    run_id = _queued_run()
+    lifecycle.claim(run_id, "w0@host", pid=1)
+    lifecycle.claim(run_id, "w1@host", now=utcnow() + timedelta(seconds=61), pid=2)  # attempt 2 of 2
+    StoreCheckpoint(run_id).save("grid-direct-cpu.0", {"ids": np.zeros(4, dtype=np.int32)})
+    report = sweep(now=utcnow() + timedelta(seconds=200))
+    assert report.failed == [run_id] and not report.redispatched
+    run = _run(run_id)
+    assert run.status == "failed" and "lost 2 times" in run.error
+    assert [(a.attempt, a.outcome) for a in _attempts(run_id)] == [(1, "lost"), (2, "lost")]
+    assert StoreCheckpoint(run_id).keys() == []

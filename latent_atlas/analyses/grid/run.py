@@ -35,7 +35,11 @@ next-token distribution. Invariants:
   (3, 2): their grid indices ``(i, j)``, or ``(-1, -1)`` when the spacing and
   centre do not put that state on a grid point;
 * on a CPU the cells of a batch are split into jobs run by single-threaded
-  worker threads (see ``Workers``); torch's thread count is restored after.
+  worker threads (see ``Workers``); torch's thread count is restored after;
+* with a ``checkpoint`` the cells go piece by piece (``grid.resume``): each
+  finished piece is saved, pieces an earlier attempt saved are loaded instead
+  of computed (``summary["resumed_cells"]``), and the arrays equal an
+  uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latent_atlas.analyses.base import Progress, Result, no_progress
+from latent_atlas.analyses.base import Checkpoint, Progress, Result, no_progress
 from latent_atlas.analyses.grid.fast_path import AffineReducer, check_fast_path
 from latent_atlas.analyses.grid.params import GridParams
 from latent_atlas.analyses.grid.planes import cell_index
+from latent_atlas.analyses.grid.resume import stream_resumable
 from latent_atlas.analyses.grid.states import build_plane
 from latent_atlas.analyses.grid.streaming import (
     CPU_BATCH_CELLS,
@@ -90,7 +95,8 @@ def _decode(lm: LanguageModel, ids: Sequence[int]) -> dict[str, str]:
     return {str(int(i)): lm.tokenizer.decode([int(i)]) for i in ids}
 
 
-def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_progress) -> Result:
+def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_progress,
+             checkpoint: Checkpoint | None = None) -> Result:
     """Compute the token map; see the module docstring for the contract."""
     n_layers = lm.n_layers
     if not 0 <= params.layer <= n_layers:
@@ -189,8 +195,18 @@ def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_prog
 
             first = start_batch(lm, context) if kind == "cuda" else CPU_BATCH_CELLS
             stage = "cells"
+        resumed = 0
         with torch.inference_mode():
-            batch_sizes = stream_cells(grid.cells, first, compute, progress, stage, (0.05, 1.0), kind == "cuda")
+            if checkpoint is None:
+                batch_sizes = stream_cells(grid.cells, first, compute, progress, stage, (0.05, 1.0),
+                                           kind == "cuda")
+            else:
+                path = "fast" if fast is not None else "direct"
+                dtype_name = "float32" if fast is not None else str(compute_dtype).removeprefix("torch.")
+                signature = f"grid-{path}-{kind}-{dtype_name}-k{k}-n{grid.cells}"
+                streamed = stream_resumable(grid.cells, first, compute, progress, stage, (0.05, 1.0),
+                                            kind == "cuda", output, checkpoint, signature)
+                batch_sizes, resumed = streamed.batch_sizes, streamed.resumed_cells
     finally:
         workers.close()
     cell_seconds = time.perf_counter() - started
@@ -248,6 +264,7 @@ def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_prog
         "weights_dtype": str(lm.dtype).removeprefix("torch."),
         "device": str(lm.device),
         "batch_sizes": batch_sizes,
+        "resumed_cells": resumed,
         "position": 0 if context_ids is None else len(context_ids) - 1,
         "context_tokens": 0 if context_ids is None else len(context_ids),
         "tokens": tokens,

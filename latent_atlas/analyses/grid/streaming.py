@@ -22,7 +22,8 @@ from latent_atlas.analyses.grid.planes import grid_axis
 from latent_atlas.lm.inject import ContextState
 from latent_atlas.lm.loading import LanguageModel
 
-__all__ = ["CellGrid", "Output", "Workers", "device_kind", "piece_cells", "start_batch", "stream_cells"]
+__all__ = ["CellGrid", "Output", "Workers", "device_kind", "piece_cells", "start_batch", "stream_cells",
+           "stream_span"]
 
 # Batch sizing: bytes of one batch's float32 logits, cells per batch, rows per in-cache chunk.
 LOGITS_BUDGET = {"cpu": 128 << 20, "cuda": 1 << 30}
@@ -138,6 +139,22 @@ class Output:
         self.probs[start:stop] = probs.cpu().numpy()
         self.entropy[start:stop] = entropy.cpu().numpy()
 
+    def piece(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Cells ``start:stop`` (views, not copies)."""
+        return {"ids": self.ids[start:stop], "probs": self.probs[start:stop],
+                "entropy": self.entropy[start:stop]}
+
+    def restore(self, start: int, stop: int, piece: dict[str, np.ndarray]) -> bool:
+        """Fill cells ``start:stop`` from a saved ``piece``; False (nothing written) if it does not fit."""
+        mine = self.piece(start, stop)
+        if set(piece) != set(mine) or any(
+            piece[name].shape != mine[name].shape or piece[name].dtype != mine[name].dtype for name in mine
+        ):
+            return False
+        for name, array in mine.items():
+            array[...] = piece[name]
+        return True
+
 
 def stream_cells(
     total: int,
@@ -149,13 +166,34 @@ def stream_cells(
     is_cuda: bool,
 ) -> list[int]:
     """Run ``compute(start, stop)`` over all cells, halving the batch on out-of-memory."""
-    batch = first_batch
     used: list[int] = []
-    start = 0
+    stream_span(0, total, total, first_batch, compute, progress, stage, share, is_cuda, used)
+    return used
+
+
+def stream_span(
+    begin: int,
+    end: int,
+    total: int,
+    first_batch: int,
+    compute: Callable[[int, int], None],
+    progress: Progress,
+    stage: str,
+    share: tuple[float, float],
+    is_cuda: bool,
+    used: list[int],
+) -> int:
+    """Run ``compute`` over cells ``begin:end`` of ``total``; returns the batch size to go on with.
+
+    Progress is reported against ``total``; batch sizes go to ``used`` (a size
+    is listed again only when it changes).
+    """
+    batch = first_batch
+    start = begin
     low, high = share
-    while start < total:
+    while start < end:
         progress(low + (high - low) * start / total, f"{stage}: {start}/{total} cells")
-        stop = min(start + batch, total)
+        stop = min(start + batch, end)
         try:
             compute(start, stop)
             failed = False
@@ -171,4 +209,4 @@ def stream_cells(
         if not used or used[-1] != stop - start:
             used.append(stop - start)
         start = stop
-    return used
+    return batch
