@@ -1,13 +1,13 @@
 """Co-firing between latents: exact Jaccard and co-activation, kept as top-E edges per latent.
 
-State (independent of the number of tokens): two dense (d, d) matrices,
-``count[i, j]`` = tokens where latents i and j both fire (int32: exact below 2**31
-tokens) and ``product[i, j]`` = sum over tokens of ``a_i * a_j`` (float32; each batch's
-sum is exact to float32 rounding, so the relative error is at most about
-``batches * 2**-24``). Memory ``8 d**2`` bytes: 2 GiB for 16,384 latents, which is why
+State (independent of the number of tokens): two dense (d, d) matrices whose upper
+triangle (i <= j) is used, ``count[i, j]`` = tokens where latents i and j both fire
+(int32: exact below 2**31 tokens) and ``product[i, j]`` = sum over tokens of
+``a_i * a_j`` (float32 sums: relative error about ``tokens * 2**-24`` at worst, far
+less in practice). Memory ``8 d**2`` bytes: 2 GiB for 16,384 latents, which is why
 ``MAX_COFIRE_LATENTS`` bounds ``d`` (a larger SAE gets no co-firing edges, said in the
-summary). Each batch adds ``X^T X`` of its sparse (tokens x d) activation matrix
-(scipy.sparse: work proportional to tokens x L0**2, never to d**2 per token).
+summary). Each batch adds, token by token, every pair of the token's active latents
+(a numba kernel that releases the GIL: work ``tokens x L0**2 / 2``, never ``d**2``).
 
 Definitions (on the harvested tokens):
 
@@ -21,8 +21,8 @@ smaller index), only those with a positive value; padding -1 / NaN.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-import scipy.sparse as sp
 
 from latent_atlas.analyses.sae.reducers import SparseBatch
 
@@ -63,18 +63,19 @@ def top_edges(score: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, 
     return idx, val
 
 
-def _add_into(dense: np.ndarray, matrix: sp.csr_matrix) -> None:
-    """``dense += matrix`` in place (scipy's own csr_todense kernel adds into its output array;
-    a fancy-index scatter of the same entries is about 20x slower)."""
-    matrix = sp.csr_matrix(matrix)
-    matrix.sum_duplicates()
-    try:
-        from scipy.sparse._sparsetools import csr_todense
-    except ImportError:  # a scipy without the private kernel: the slow, equal path
-        coo = matrix.tocoo()
-        dense[coo.row, coo.col] += coo.data
-        return
-    csr_todense(matrix.shape[0], matrix.shape[1], matrix.indptr, matrix.indices, matrix.data, dense)
+@numba.njit(cache=True, nogil=True)
+def _accumulate(starts: np.ndarray, latents: np.ndarray, values: np.ndarray, count: np.ndarray,
+                product: np.ndarray) -> None:  # pragma: no cover - compiled
+    """For each token (entries ``starts[r]:starts[r+1]``, latents ascending): every pair i <= j."""
+    for r in range(starts.size - 1):
+        lo, hi = starts[r], starts[r + 1]
+        for p in range(lo, hi):
+            i = latents[p]
+            vi = values[p]
+            for q in range(p, hi):
+                j = latents[q]
+                count[i, j] += 1
+                product[i, j] += vi * values[q]
 
 
 class CoFiring:
@@ -91,12 +92,13 @@ class CoFiring:
     def update(self, batch: SparseBatch) -> None:
         if batch.value.size == 0:
             return
-        local = batch.token - batch.token_start
-        shape = (batch.n_tokens, self.d_sae)
-        ones = sp.csr_matrix((np.ones(local.size, np.int32), (local, batch.latent)), shape=shape)
-        acts = sp.csr_matrix((batch.value.astype(np.float32), (local, batch.latent)), shape=shape)
-        _add_into(self.count, (ones.T.tocsr() @ ones).astype(np.int32))
-        _add_into(self.product, (acts.T.tocsr() @ acts).astype(np.float32))
+        key = batch.token * self.d_sae + batch.latent
+        order = None if bool((key[1:] > key[:-1]).all()) else np.argsort(key, kind="stable")
+        token = batch.token if order is None else batch.token[order]
+        latent = batch.latent if order is None else batch.latent[order]
+        value = batch.value if order is None else batch.value[order]
+        starts = np.flatnonzero(np.r_[True, token[1:] != token[:-1], True]).astype(np.int64)
+        _accumulate(starts, latent.astype(np.int64), value.astype(np.float32), self.count, self.product)
 
     def merge(self, other: CoFiring) -> CoFiring:
         if other.d_sae != self.d_sae:
@@ -107,9 +109,22 @@ class CoFiring:
         out.product = self.product + other.product
         return out
 
+    @staticmethod
+    def _rows(upper: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Rows of the symmetric matrix whose upper triangle ``upper`` holds (float64)."""
+        full = upper[rows].astype(np.float64) + upper[:, rows].T.astype(np.float64)
+        full[np.arange(rows.size), rows] = upper[rows, rows]
+        return full
+
+    def symmetric(self) -> tuple[np.ndarray, np.ndarray]:
+        """(count, product) as full symmetric matrices (for tests and small SAEs)."""
+        rows = np.arange(self.d_sae)
+        return self._rows(self.count, rows), self._rows(self.product, rows)
+
     def edges(self, k: int, block: int = 1024) -> dict[str, np.ndarray]:
         """``edge_jaccard_idx/val`` and ``edge_coact_idx/val`` (d, k), computed by row blocks."""
         d = self.d_sae
+        # upper (i <= j; lower triangle is zero) -> symmetric rows: upper[rows] + upper[:, rows].T - diagonal
         fires = np.diagonal(self.count).astype(np.float64)
         energy = np.diagonal(self.product).astype(np.float64)
         norm = np.sqrt(np.maximum(energy, 0.0))
@@ -117,12 +132,13 @@ class CoFiring:
                for name in ("edge_jaccard_idx", "edge_jaccard_val", "edge_coact_idx", "edge_coact_val")}
         for start in range(0, d, block):
             rows = np.arange(start, min(start + block, d))
-            c = self.count[rows].astype(np.float64)
+            c = self._rows(self.count, rows)
+            p = self._rows(self.product, rows)
             union = fires[rows, None] + fires[None, :] - c
             with np.errstate(divide="ignore", invalid="ignore"):
                 jac = np.where(c > 0, c / union, 0.0)
-                coact = self.product[rows].astype(np.float64) / (norm[rows, None] * norm[None, :])
-            coact = np.where(self.product[rows] > 0, coact, 0.0)
+                coact = p / (norm[rows, None] * norm[None, :])
+            coact = np.where(p > 0, coact, 0.0)
             out["edge_jaccard_idx"][rows], out["edge_jaccard_val"][rows] = top_edges(jac, k, rows)
             out["edge_coact_idx"][rows], out["edge_coact_val"][rows] = top_edges(coact, k, rows)
         return out

@@ -179,7 +179,9 @@ def test_cofire_edges_equal_brute_force(split: list[int], ties: bool) -> None:
     expected = brute_cofire(acts, 4)
     got = reducer.edges(4, block=5)
     fired = (acts != 0).astype(np.int64)
-    np.testing.assert_array_equal(reducer.count, fired.T @ fired)
+    count, product = reducer.symmetric()
+    np.testing.assert_array_equal(count, fired.T @ fired)
+    np.testing.assert_allclose(product, acts.astype(np.float64).T @ acts.astype(np.float64), rtol=1e-5)
     for name in ("edge_jaccard", "edge_coact"):
         np.testing.assert_array_equal(got[f"{name}_idx"], expected[f"{name}_idx"], err_msg=name)
         np.testing.assert_allclose(got[f"{name}_val"], expected[f"{name}_val"], rtol=1e-5, err_msg=name)
