@@ -116,8 +116,17 @@ def test_linked_views_details_and_reprojection(live_portal, browser, artifacts_d
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();",
                                element)
     WebDriverWait(browser, 30).until(lambda d: (m := RUN_URL.search(d.current_url)) and m.group(1) != run_id)
+    child_id = RUN_URL.search(browser.current_url).group(1)
+
+    def child_drawn(d) -> bool:
+        # The URL changes before the child's page replaces the parent's (client-side routing), so
+        # the parent's drawn figure must not count: the page must name the child first.
+        return d.execute_script(
+            "const e = document.getElementById('run-id-text'); return e ? e.textContent : '';"
+        ) == child_id and _drawn(d, "geometry-layer-evolution")
+
     try:
-        WebDriverWait(browser, 180, poll_frequency=0.5).until(lambda d: _drawn(d, "geometry-layer-evolution"))
+        WebDriverWait(browser, 180, poll_frequency=0.5).until(child_drawn)
     except TimeoutException as exc:
         browser.save_screenshot(str(artifacts_dir / "e2e-geometry-reproject-timeout.png"))
         raise AssertionError("the re-projection did not draw:\n" + live_portal.log_tail()) from exc

@@ -2,8 +2,12 @@
 
 While the run is queued or running, an interval (1 s) polls
 ``runs_service.get_run`` and updates the status in place; once the run is
-terminal the interval disables itself and the kind's view
-(``webapp.views.<kind>.render``) is drawn without a page reload.
+terminal the interval disables itself and sets ``run-finished``, and a callback
+of its own then draws the kind's view (``webapp.views.<kind>.render``) once,
+without a page reload. The view is never an output of the poll: Dash drops a
+response when a newer request for the same outputs is in flight, so a view
+that takes longer than one tick to build (a loaded machine, a big run) would be
+superseded by every next tick and never appear.
 
 A running run whose heartbeat is late (or whose worker process Celery reported
 dead) shows "worker lost? ..." beside its status as soon as a poll sees it
@@ -235,6 +239,7 @@ def layout(run_id: str | None = None, **_kwargs):
         [
             dcc.Store(id="run-id", data=run.id),
             dcc.Interval(id="run-poll", interval=POLL_MS, disabled=terminal),
+            dcc.Store(id="run-finished", data=terminal),
             html.H1(run.title or "Untitled run", className="h3 mb-1", id="run-title"),
             html.Div(
                 [
@@ -294,7 +299,7 @@ def layout(run_id: str | None = None, **_kwargs):
     Output("run-exports", "children"),
     Output("run-record", "children"),
     Output("run-poll", "disabled"),
-    Output("run-view", "children"),
+    Output("run-finished", "data"),
     Input("run-poll", "n_intervals"),
     State("run-id", "data"),
     prevent_initial_call=True,
@@ -305,8 +310,23 @@ def _poll(_tick, run_id):
     except RunNotFound:
         return (*([dash.no_update] * 12), True, dash.no_update)
     outputs = live_outputs(run)
-    view = view_part(run) if run.is_terminal else dash.no_update
-    return (*outputs, view)
+    return (*outputs, True if run.is_terminal else dash.no_update)
+
+
+@callback(
+    Output("run-view", "children"),
+    Input("run-finished", "data"),
+    State("run-id", "data"),
+    prevent_initial_call=True,
+)
+def _draw_view(finished, run_id):
+    """The kind's view, drawn once when the poll saw the run end (never inside the 1-s poll)."""
+    if not finished:
+        return dash.no_update
+    try:
+        return view_part(runs_service.get_run(run_id))
+    except RunNotFound:
+        return dash.no_update
 
 
 @callback(
