@@ -123,6 +123,42 @@ def run_rows(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [run_row(s) for s in summaries]
 
 
+def heartbeat_warning(warning: str | None) -> html.Span | None:
+    """The run page's "worker lost? ..." note (``runs_service.heartbeat_state``), or None."""
+    if not warning:
+        return None
+    return html.Span(warning, id="run-heartbeat-warning", className="text-danger fw-semibold me-2")
+
+
+ATTEMPT_COLUMNS = ("#", "worker", "device", "started", "finished", "duration", "outcome", "error")
+
+
+def attempts_table(records: Iterable[Any]) -> Any:
+    """One row per attempt (``models.run.RunAttempt``-like objects), oldest first.
+
+    An attempt still running has no outcome yet and shows ``running``; the
+    error is a text cell.
+    """
+    records = list(records)
+    if not records:
+        return html.P("No attempt yet.", className="text-muted mb-0", id="run-attempts")
+    rows = [
+        html.Tr([
+            html.Td(str(a.attempt)),
+            html.Td(a.worker + (f" (pid {a.pid})" if a.pid else "")),
+            html.Td(a.device or "—"),
+            html.Td(format_time(a.started_at)),
+            html.Td(format_time(a.finished_at)),
+            html.Td(format_duration(a.duration_s)),
+            html.Td(a.outcome or "running", className=f"atlas-attempt-{a.outcome or 'running'}"),
+            html.Td(a.error or ""),
+        ])
+        for a in records
+    ]
+    return dbc.Table([html.Thead(html.Tr([html.Th(c) for c in ATTEMPT_COLUMNS])), html.Tbody(rows)],
+                     size="sm", bordered=False, striped=True, class_name="mb-0 small", id="run-attempts")
+
+
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested dicts/lists as ``(dotted.key, text)`` pairs for a key/value table."""
     if isinstance(value, Mapping):

@@ -32,10 +32,12 @@ from flask_login import current_user
 
 from webapp import runs_service
 from webapp.components import (
+    attempts_table,
     card,
     flatten,
     format_duration,
     format_time,
+    heartbeat_warning,
     kv_table,
     progress_percent,
     status_badge,
@@ -69,37 +71,10 @@ def status_line(run) -> list[Any]:
                                    id="run-queue-position", className="text-muted me-2"))
     if run.cancel_requested and not run.is_terminal:
         parts.append(html.Span("cancel requested", className="text-warning me-2"))
-    beat = runs_service.heartbeat_state(run.status, run.heartbeat_at)
-    if beat.warning:
-        parts.append(html.Span(beat.warning, id="run-heartbeat-warning",
-                               className="text-danger fw-semibold me-2"))
+    warning = heartbeat_warning(runs_service.heartbeat_state(run.status, run.heartbeat_at).warning)
+    if warning is not None:
+        parts.append(warning)
     return parts
-
-
-ATTEMPT_COLUMNS = ("#", "worker", "device", "started", "finished", "duration", "outcome", "error")
-
-
-def attempts_part(run) -> Any:
-    """One row per attempt, oldest first; an attempt still running has no outcome yet."""
-    records = list(run.attempt_records or [])
-    if not records:
-        return html.P("No attempt yet.", className="text-muted mb-0", id="run-attempts")
-    rows = [
-        html.Tr([
-            html.Td(str(a.attempt)),
-            html.Td(a.worker + (f" (pid {a.pid})" if a.pid else "")),
-            html.Td(a.device or "—"),
-            html.Td(format_time(a.started_at)),
-            html.Td(format_time(a.finished_at)),
-            html.Td(format_duration(a.duration_s)),
-            html.Td(a.outcome or "running", className=f"atlas-attempt-{a.outcome or 'running'}"),
-            html.Td(a.error or ""),
-        ])
-        for a in records
-    ]
-    return dbc.Table([html.Thead(html.Tr([html.Th(c) for c in ATTEMPT_COLUMNS])), html.Tbody(rows)],
-                     size="sm", bordered=False, striped=True, class_name="mb-0 small",
-                     id="run-attempts")
 
 
 def times_rows(run) -> list[tuple[str, str]]:
@@ -161,7 +136,7 @@ def record_part(run) -> Any:
     return html.Div([
         kv_table(rows, id="run-environment"),
         html.H6("Attempts", className="mt-3"),
-        attempts_part(run),
+        attempts_table(run.attempt_records or []),
         html.H6("Timings", className="mt-3"),
         kv_table(timing_rows, id="run-timings") if timing_rows
         else html.P("No timings yet.", className="text-muted mb-0"),
