@@ -40,7 +40,12 @@ from safetensors.numpy import save_file as save_numpy
 
 from latent_atlas.analyses.base import Progress, Result
 from latent_atlas.analyses.corpus import CorpusError, guess_format, read_corpus, sample_sequences
-from latent_atlas.analyses.sae.activations import ActivationStream, activations_at, rows_of
+from latent_atlas.analyses.sae.activations import (
+    ActivationStream,
+    activations_at,
+    drop_outliers,
+    rows_of,
+)
 from latent_atlas.analyses.sae.source import parse_hook_name
 from latent_atlas.analyses.sae.train_params import SaeTrainParams, TrainCorpus, check_layer
 from latent_atlas.lm.loading import LanguageModel
@@ -161,7 +166,9 @@ def _trainer_class() -> Any:
 @torch.no_grad()
 def evaluate_sae(sae: Any, lm: LanguageModel, windows: list[list[int]], hook_name: str,
                  seqs_per_forward: int = 8) -> dict[str, float]:
-    """Variance explained, L0, MSE and the dead fraction of ``sae`` on ``windows`` (position 0 left out).
+    """Variance explained, L0, MSE and the dead fraction of ``sae`` on ``windows``.
+
+    Position 0 and norm outliers (``drop_outliers``) are left out, as in training.
 
     Variance explained = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over all held-out rows.
     """
@@ -169,6 +176,7 @@ def evaluate_sae(sae: Any, lm: LanguageModel, windows: list[list[int]], hook_nam
     d_sae = int(sae.cfg.d_sae)
     fired = torch.zeros(d_sae, dtype=torch.bool)
     n = 0
+    outliers = 0
     sq_err = 0.0
     l0_sum = 0.0
     sums = torch.zeros(lm.d_model, dtype=torch.float64)
@@ -176,7 +184,9 @@ def evaluate_sae(sae: Any, lm: LanguageModel, windows: list[list[int]], hook_nam
     device = next(sae.parameters()).device
     for start in range(0, len(windows), seqs_per_forward):
         ids = torch.tensor(windows[start:start + seqs_per_forward], dtype=torch.long)
-        x = rows_of(activations_at(lm, ids, None, hook), None, SKIP_POSITIONS).float().to(device)
+        x, dropped = drop_outliers(rows_of(activations_at(lm, ids, None, hook), None, SKIP_POSITIONS).float())
+        outliers += dropped
+        x = x.to(device)
         acts = sae.encode(x)
         recon = sae.decode(acts)
         sq_err += float((recon - x).double().pow(2).sum())
@@ -193,6 +203,7 @@ def evaluate_sae(sae: Any, lm: LanguageModel, windows: list[list[int]], hook_nam
         "mse": sq_err / n,
         "dead_fraction": float((~fired).float().mean()),
         "eval_tokens": n,
+        "eval_outliers_dropped": outliers,
     }
 
 
@@ -290,6 +301,7 @@ def run_sae_train(params: SaeTrainParams, lm: LanguageModel, progress: Progress)
         "training_tokens": config.total_training_samples,
         "steps": len(steps),
         "epochs": stream.epochs,
+        "training_outliers_dropped": stream.dropped,
         "metrics": metrics,
         "sae_cfg": sae_cfg,
         "timings": timings,

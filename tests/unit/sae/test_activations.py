@@ -79,3 +79,14 @@ def test_stream_gives_full_batches_of_every_row_once_per_epoch(tiny_llama) -> No
         return sorted(tuple(round(v, 4) for v in row.tolist()) for row in t)
     assert key(rows) == key(expected)
     assert sum(forwards) == 6 * 10 and stream.epochs == 0
+
+
+def test_norm_outliers_are_dropped() -> None:
+    from latent_atlas.analyses.sae.activations import drop_outliers
+
+    rows = torch.randn(50, 8)
+    rows[7] *= 200  # an attention-sink-like row
+    kept, dropped = drop_outliers(rows)
+    assert dropped == 1 and len(kept) == 49
+    assert not any(torch.equal(row, rows[7]) for row in kept)
+    assert drop_outliers(torch.randn(20, 8))[1] == 0
