@@ -12,12 +12,17 @@ fails the child.
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from latent_atlas.settings import get_settings
 from models import Run, RunStatus, session_scope
 from models.store import ArtifactStore
 
@@ -54,3 +59,28 @@ class StoredRuns:
 
     def model(self, run_id: str) -> str:
         return str(self._read(run_id)[1].get("model", ""))
+
+    def sae_dir(self, run_id: str) -> Path:
+        """The directory holding the SAE that ``sae_train`` run ``run_id`` saved (see the module docstring)."""
+        from latent_atlas.analyses.sae.train import ARRAY_PREFIX, write_sae_dir
+
+        summary, _, uris = self._read(run_id)
+        if "sae_cfg" not in summary:
+            raise ValueError(f"run {run_id} saved no SAE (only a sae_train run does)")
+        target = get_settings().data_dir / "cache" / "sae-runs" / run_id
+        if (target / "cfg.json").is_file() and (target / "sae_weights.safetensors").is_file():
+            return target
+        store = ArtifactStore()
+        arrays = {name: store.read_array(uri) for name, uri in uris.items() if name.startswith(ARRAY_PREFIX)}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{run_id}.{uuid.uuid4().hex}"
+        try:
+            write_sae_dir(summary, arrays, staging)
+            try:
+                os.replace(staging, target)
+            except OSError:  # another worker finished first: its copy is identical
+                if not (target / "cfg.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
