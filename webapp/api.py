@@ -248,3 +248,6 @@ _register_sae_routes(api)
 from webapp.views.scan.api import register as _register_scan_routes  # noqa: E402
 
 _register_scan_routes(api)
+from webapp.views.sae_train.api import register as _register_sae_train_routes  # noqa: E402
+
+_register_sae_train_routes(api)

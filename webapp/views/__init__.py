@@ -27,7 +27,8 @@ VIEW_MODULES: dict[str, str] = {"geometry": "webapp.views.geometry", "grid": "we
                                 "geometry_reproject": "webapp.views.geometry",
                                 "geometry_lens": "webapp.views.geometry.lens",
                                 "anatomy": "webapp.views.anatomy",
-                                "sae": "webapp.views.sae", "scan": "webapp.views.scan"}
+                                "sae": "webapp.views.sae", "scan": "webapp.views.scan",
+                                "sae_train": "webapp.views.sae_train"}
 
 
 class FormError(ValueError):
