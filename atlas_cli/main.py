@@ -141,6 +141,34 @@ def cmd_fetch_demo_model(_: argparse.Namespace) -> int:
     return 0
 
 
+def fetch_corpus(quiet: bool = False) -> Path | None:
+    """Fetch the offline demo corpus (Debian packages via apt-get download) into ``{data_dir}/corpora``.
+
+    ``None`` (with a warning) when it cannot be had: the portal works without it
+    (uploads and hub datasets remain).
+    """
+    from latent_atlas.analyses.sae.corpus_demo import (
+        DemoCorpusError,
+        demo_corpus_path,
+        fetch_demo_corpus,
+    )
+
+    target = demo_corpus_path(get_settings().data_dir)
+    try:
+        path = fetch_demo_corpus(target.parent)
+    except DemoCorpusError as exc:
+        _log(f"warning: no demo corpus: {exc}")
+        return None
+    if not quiet:
+        _log(f"demo corpus: {path}")
+    return path
+
+
+def cmd_fetch_demo_corpus(_: argparse.Namespace) -> int:
+    path = fetch_corpus()
+    return 0 if path else 1
+
+
 # -- processes ------------------------------------------------------------------
 
 
@@ -211,6 +239,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     runner.upgrade()
     if not args.no_fetch:
         fetch_demo()
+        fetch_corpus()
     ensure_admin_announced()
     processes = [
         subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h")),
@@ -349,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host")
     up.add_argument("--port", type=int)
     up.add_argument("--web-workers", type=int, default=2)
-    up.add_argument("--no-fetch", action="store_true", help="do not fetch the demo model")
+    up.add_argument("--no-fetch", action="store_true", help="do not fetch the demo model and corpus")
     up.add_argument("--loglevel", default="INFO")
     up.set_defaults(func=cmd_up)
 
@@ -384,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch-demo-model", help="fetch SmolLM2-135M (offline demo model)")
     fetch.set_defaults(func=cmd_fetch_demo_model)
+    corpus = sub.add_parser("fetch-demo-corpus",
+                            help="fetch the demo corpus (Debian fortunes + Python docs, for sae_train)")
+    corpus.set_defaults(func=cmd_fetch_demo_corpus)
 
     sweep = sub.add_parser("sweep", help="re-dispatch undelivered runs, reap stale ones (once)")
     sweep.set_defaults(func=cmd_sweep)
