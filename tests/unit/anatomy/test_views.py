@@ -101,3 +101,21 @@ def test_form() -> None:
     assert any(m.startswith("ig_steps:") and "0 to 256" in m for m in messages)
     assert any(m.startswith("max_tokens:") and "1 to 512" in m for m in messages)
     assert "projection: must be pca or umap" in messages
+
+
+def test_static_export(stored) -> None:
+    import io
+    import zipfile
+
+    from webapp.views.anatomy.export import export_figures, html_bundle_zip
+
+    _, data, _, _ = stored
+    views = export_figures(data, 2, 3)
+    slugs = [v[0] for v in views]
+    assert "attention-head" in slugs and "saliency-ig" in slugs and len(set(slugs)) == len(slugs)
+    assert views[3][1] == "Attention, layer 2, head 3"
+    archive = zipfile.ZipFile(io.BytesIO(html_bundle_zip(data, 2, 3)))
+    names = archive.namelist()
+    assert "latent-atlas-r1/index.html" in names and "latent-atlas-r1/attention-head.html" in names
+    page = archive.read("latent-atlas-r1/saliency.html").decode()
+    assert "<b>two" not in page  # the prompt's markup is escaped in the figure's labels

@@ -39,6 +39,7 @@ from webapp.views.anatomy.data import (
     parse_query,
     rollout_layer,
 )
+from webapp.views.anatomy.export import html_bundle_zip
 
 LENS_WINDOW = 32
 GRAPH_CONFIG = {"displaylogo": False}
@@ -169,6 +170,10 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     return html.Div([
         dcc.Store(id="anatomy-run", data=run.id),
         dcc.Location(id="anatomy-location", refresh=False),
+        dcc.Download(id="anatomy-download"),
+        dbc.Button("Download HTML", id="anatomy-download-html", color="secondary", outline=True, size="sm",
+                   n_clicks=0, class_name="mb-2 float-end",
+                   title="Every view as a self-contained interactive page (the head shown below included), zipped"),
         _model_section(data),
         dbc.Tabs([
             dbc.Tab(_attention_tab(data), label="Attention", tab_id="attention"),
@@ -316,3 +321,24 @@ def _show_lens(start, run_id):
     vocab = {str(int(i)): data.vocab(int(i)) for i in np.unique(ids)}
     return af.lens_figure(a["lens_ids"], a["lens_probs"], data.summary.get("lens_labels") or [], data.tokens, vocab,
                           start, start + LENS_WINDOW), None
+
+
+@callback(
+    Output("anatomy-download", "data"),
+    Input("anatomy-download-html", "n_clicks"),
+    State("anatomy-run", "data"),
+    State("anatomy-layer", "value"),
+    State("anatomy-head", "value"),
+    prevent_initial_call=True,
+    running=[(Output("anatomy-download-html", "disabled"), True, False)],
+)
+def _download(clicks, run_id, layer, head):
+    if not clicks:
+        return dash.no_update
+    data = load(run_id)
+    try:
+        layer = check_index("layer", layer, data.n_layers)
+        head = check_index("head", head, data.n_heads)
+    except ValueError:
+        layer, head = 0, 0
+    return dcc.send_bytes(html_bundle_zip(data, layer, head), f"latent-atlas-{run_id}-html.zip")
