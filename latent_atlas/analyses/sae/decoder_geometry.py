@@ -10,7 +10,10 @@ Input: ``rows`` (d, d_in) float32 = ``source.decoder_rows(sae)`` (never the raw 
   affinity ``1 - arccos(cos_sim) / pi`` (in [0, 1]). Exact (dense affinity) up to
   ``SPECTRAL_DENSE_MAX`` latents; above that the affinity is kept only on each latent's
   ``SPARSE_NEIGHBOURS`` nearest neighbours by cosine (symmetrised), which keeps memory
-  linear in d (said in the run summary).
+  linear in d (said in the run summary). The spectral embedding keeps at most
+  ``SPECTRAL_COMPONENTS`` eigenvectors, found by Lanczos iteration (no factorisation;
+  k-means then forms the clusters in it), so thousands of latents and clusters stay
+  affordable on a CPU.
 * ``component_clusters``: their second method: the graph joining each latent to its top-2
   cosine neighbours when the similarity is above 0.5; clusters are the connected components
   of more than one latent, numbered 0.. by smallest member; a lone latent gets -1.
@@ -38,6 +41,7 @@ __all__ = [
 
 SPECTRAL_DENSE_MAX = 8_192
 SPARSE_NEIGHBOURS = 64
+SPECTRAL_COMPONENTS = 64
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
@@ -85,8 +89,6 @@ def default_n_clusters(d: int) -> int:
 
 def spectral_clusters(rows: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, str]:
     """(d,) int32 cluster of each latent, and the affinity used ("dense" or "knn-64")."""
-    from sklearn.cluster import SpectralClustering
-
     unit = unit_rows(rows)
     d = unit.shape[0]
     if d <= SPECTRAL_DENSE_MAX:
@@ -103,10 +105,31 @@ def spectral_clusters(rows: np.ndarray, n_clusters: int, seed: int) -> tuple[np.
         graph = sp.coo_matrix((angular_affinity(sims), (r, c)), shape=(d, d)).tocsr()
         affinity = graph.maximum(graph.T)
         method = f"knn-{k}"
-    model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed", random_state=seed,
-                               assign_labels="cluster_qr")
-    labels = model.fit_predict(affinity)
-    return labels.astype(np.int32), method
+    labels = _spectral_labels(affinity, n_clusters, seed)
+    return labels, method
+
+
+def _spectral_labels(affinity: np.ndarray | sp.spmatrix, n_clusters: int, seed: int) -> np.ndarray:
+    """Normalised spectral clustering (Ng, Jordan & Weiss; what scikit-learn's SpectralClustering does):
+    the top eigenvectors of ``D^-1/2 A D^-1/2`` by Lanczos (``eigsh``: matrix-vector products only,
+    no factorisation), rows scaled to unit length, then k-means into ``n_clusters``."""
+    from scipy.sparse.linalg import eigsh
+    from sklearn.cluster import KMeans
+
+    d = affinity.shape[0]
+    degree = np.asarray(affinity.sum(axis=1)).ravel()
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
+    if sp.issparse(affinity):
+        normalised = sp.diags(scale) @ affinity @ sp.diags(scale)
+    else:
+        normalised = affinity * scale[:, None] * scale[None, :]
+    m = min(n_clusters, SPECTRAL_COMPONENTS, d - 1)
+    v0 = np.random.default_rng(seed).uniform(-1, 1, d)
+    _, vectors = eigsh(normalised, k=m, which="LA", v0=v0)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    embedding = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed)
+    return kmeans.fit_predict(embedding).astype(np.int32)
 
 
 def component_clusters(edge_idx: np.ndarray, edge_val: np.ndarray, threshold: float = 0.5) -> np.ndarray:
