@@ -10,7 +10,9 @@ in one colour context, so a token has the same colour on both sides.
 Invariants: run IDs from the query string are checked against
 ``RUN_ID_PATTERN`` before use; titles and token strings are text children.
 A run that is not a succeeded grid run gets a message in its column, never an
-error page.
+error page. Nothing given is dropped silently: parts that are not run IDs,
+IDs past the two shown, and runs that cannot be shown (unknown, not a grid
+run, not finished) are listed with the reason above the maps (``notes``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from webapp import runs_service
 from webapp.components import status_badge
 from webapp.runs_service import RunFilter, RunNotFound
 from webapp.views import grid as grid_view
-from webapp.views.grid import parse_run_ids, pid
+from webapp.views.grid import pid, split_run_ids
 
 dash.register_page(__name__, path="/compare", name="Side by side",
                    title="Side by side · Latent Atlas")
@@ -85,17 +87,42 @@ def _panel(run_id: str, slot: str, context: list[str]) -> html.Div:
     ], className="atlas-compare-panel")
 
 
-def _is_grid_result(run_id: str) -> bool:
+def _why_not_shown(run_id: str) -> str | None:
+    """Why run ``run_id`` has no map here (``None``: a succeeded grid run)."""
     try:
         run = runs_service.get_run(run_id)
     except RunNotFound:
-        return False
-    return run.kind == grid_view.KIND and run.status == "succeeded"
+        return f"{run_id}: no run with this ID."
+    if run.kind != grid_view.KIND:
+        return f"{run_id} is a {run.kind} run; only grid runs can be shown side by side."
+    if run.status != "succeeded":
+        return f"{run_id} is {run.status}; its map appears once it has succeeded."
+    return None
+
+
+def notes(text: str | None) -> tuple[list[str], list[str]]:
+    """(the run IDs to show, a sentence for everything given that is not shown or cannot be)."""
+    ids, extra, invalid = split_run_ids(text, len(SLOTS))
+    said: list[str] = []
+    if invalid:
+        shown = ", ".join(repr(part[:40]) for part in invalid[:5]) + (" …" if len(invalid) > 5 else "")
+        said.append(f"Not a run ID, ignored: {shown}.")
+    if extra:
+        said.append(f"Only {len(SLOTS)} runs can be shown side by side; ignored: {', '.join(extra)}.")
+    said.extend(reason for reason in map(_why_not_shown, ids) if reason)
+    return ids, said
+
+
+def _is_grid_result(run_id: str) -> bool:
+    return _why_not_shown(run_id) is None
 
 
 def layout(runs: str | None = None, **_kwargs):
-    ids = parse_run_ids(runs, len(SLOTS))
+    ids, said = notes(runs)
     children: list = [html.H1("Side by side", className="h3 mb-3"), _picker(ids)]
+    if said:
+        children.append(dbc.Alert([html.Ul([html.Li(line) for line in said], className="mb-0 ps-3")],
+                                  color="warning", class_name="small py-2", id="compare-notes"))
     if len(ids) < len(SLOTS):
         children.append(html.P("Enter two grid run IDs (for example the same plane at two layers).",
                                className="text-muted"))

@@ -2,7 +2,8 @@
 
 The kind's fields come from its view module (``webapp.views.<kind>.form_fields``)
 and are collected through pattern-matching IDs, so a new kind needs no change
-here. Rejections (form or service) are listed in a danger alert as plain text.
+here. Rejections (form or service) are listed in a danger alert as plain text,
+until the next submit or a change of kind or model (they name that form's fields).
 """
 
 from __future__ import annotations
@@ -93,10 +94,18 @@ def layout(kind: str | None = None, **_kwargs):
     )
 
 
-@callback(Output("new-kind-form", "children"), Input("new-kind", "value"),
-          prevent_initial_call=True)
+@callback(Output("new-kind-form", "children"), Output("new-errors", "children", allow_duplicate=True),
+          Input("new-kind", "value"), prevent_initial_call=True)
 def _switch_kind(kind: str):
-    return kind_form(kind)
+    """Another kind's form; the last rejection spoke of the old form's fields, so it goes."""
+    return kind_form(kind), None
+
+
+@callback(Output("new-errors", "children", allow_duplicate=True), Input("new-model", "value"),
+          prevent_initial_call=True)
+def _switch_model(_model: str):
+    """A rejection may depend on the model (token counts, layers): it no longer applies."""
+    return None
 
 
 @callback(

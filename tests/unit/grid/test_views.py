@@ -420,3 +420,5 @@ def test_compare_page_parses_run_ids():
     assert parse_run_ids(" abc  abc ,, /runs/def/ ,ghi") == ["abc", "def"]
     assert parse_run_ids("<b>,ok") == ["ok"]
     assert parse_run_ids(None) == []
+    assert gv.split_run_ids("a1b2c3d4e5,<b>, x1y2z3w4v5 ,a1b2c3d4e5, q9q9q9q9q9") == (
+        ["a1b2c3d4e5", "x1y2z3w4v5"], ["q9q9q9q9q9"], ["<b>"])

@@ -73,5 +73,6 @@ from webapp.views.grid.form import (  # noqa: F401  re-exported
     params_from_form,
     parse_prompts,
     parse_run_ids,
+    split_run_ids,
 )
 from webapp.views.grid.page import map_controls, map_part, render, side_part, summary_rows  # noqa: F401

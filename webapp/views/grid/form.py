@@ -115,14 +115,28 @@ def _plane_fields(plane):
             show if plane == "through_states" else hide)
 
 
+def split_run_ids(text: str | None, limit: int = 2) -> tuple[list[str], list[str], list[str]]:
+    """(the first ``limit`` distinct valid run IDs, the valid ones past them, parts that are no run ID).
+
+    ``ID1,ID2`` with commas or spaces; a pasted ``.../runs/<id>`` URL counts as its ID;
+    repeats are dropped.
+    """
+    ids: list[str] = []
+    invalid: list[str] = []
+    for part in re.split(r"[,\s]+", text or ""):
+        if not part:
+            continue
+        run_id = normalise_run_id(part)
+        if run_id is None:
+            invalid.append(part)
+        elif run_id not in ids:
+            ids.append(run_id)
+    return ids[:limit], ids[limit:], invalid
+
+
 def parse_run_ids(text: str | None, limit: int = 2) -> list[str]:
     """Up to ``limit`` distinct valid run IDs from ``ID1,ID2`` (commas or spaces; URLs accepted)."""
-    ids: list[str] = []
-    for part in re.split(r"[,\s]+", text or ""):
-        run_id = normalise_run_id(part)
-        if run_id and run_id not in ids:
-            ids.append(run_id)
-    return ids[:limit]
+    return split_run_ids(text, limit)[0]
 
 
 def parse_prompts(text: str | None) -> list[str]:
