@@ -109,6 +109,11 @@ def test_grid_map_in_the_browser(live_portal, browser, artifacts_dir):
     alert = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#new-errors .alert-danger")))
     assert "layer 9 is out of range for this model (0..3)" in alert.text
     assert len(api.get(portal.url + "/api/runs", timeout=30).json()["runs"]) == runs_before
+    # another kind has no layer field: the rejection of the grid form goes with it
+    Select(browser.find_element(By.ID, "new-kind")).select_by_value("geometry")
+    wait.until(EC.invisibility_of_element_located((By.CSS_SELECTOR, "#new-errors .alert-danger")))
+    Select(browser.find_element(By.ID, "new-kind")).select_by_value("grid")
+    wait.until(lambda d: _field(d, "layer"))
 
     _set(browser, "layer", 2)
     assert _field(browser, "size").get_attribute("value") == "64"
@@ -185,23 +190,42 @@ def test_grid_map_in_the_browser(live_portal, browser, artifacts_dir):
     # --- side by side with the same plane at the last layer, linked zoom
     other = _submit(api, portal, {"layer": 3, "size": 64}, "e2e grid layer 3")
     assert _wait_run(api, portal, other)["status"] == "succeeded"
+    # Slow answers (as under load) and a zoom as soon as the maps are drawn: the maps' first
+    # {"autosize": true} relayout then comes after the zoom. Before the fix of issue 12 the
+    # renderer kept that later request's answer ("no axis changed") and dropped the zoom's
+    # text on both maps; it failed this way every time with 200 or 800 ms of latency.
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 400, "downloadThroughput": -1, "uploadThroughput": -1})
     browser.get(f"{portal.url}/compare?runs={run_id},{other}")
     maps = _wait_maps(browser, 2, portal, artifacts_dir, "e2e-grid-compare")
-    labels = browser.find_element(By.ID, "compare-page").text
-    assert "layer 2 of 3" in labels and "layer 3 of 3" in labels
     browser.execute_script("Plotly.relayout(arguments[0], {'xaxis.range[0]': -8.5, 'xaxis.range[1]': 8.5,"
                            " 'yaxis.range[0]': -6.5, 'yaxis.range[1]': 6.5});", maps[0])
+    labels = browser.find_element(By.ID, "compare-page").text
+    assert "layer 2 of 3" in labels and "layer 3 of 3" in labels
     WebDriverWait(browser, 20).until(lambda d: _ranges(d, maps[1]) == [[-8.5, 8.5], [-6.5, 6.5]])
-    try:  # each map's text arrives from its own server callback; generous under a loaded CI
+    try:  # each map's text arrives from its own server callback
         WebDriverWait(browser, 60).until(lambda d: _text_count(d, maps[1]) == 17 * 13 == _text_count(d, maps[0]))
     except TimeoutException as exc:
         browser.save_screenshot(str(artifacts_dir / "e2e-grid-compare-text-timeout.png"))
         raise AssertionError(f"zoomed text counts {_text_count(browser, maps[0])}, "
                              f"{_text_count(browser, maps[1])} (want {17 * 13} each), ranges "
                              f"{_ranges(browser, maps[0])}, {_ranges(browser, maps[1])}") from exc
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     browser.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'})", maps[0])
     time.sleep(0.5)
     browser.save_screenshot(str(artifacts_dir / "e2e-grid-compare.png"))
+
+    # --- /compare says why it shows no map for what it was given
+    browser.get(f"{portal.url}/compare?runs={run_id},{other},zzzzzzzzzzzz")
+    notes = wait.until(EC.visibility_of_element_located((By.ID, "compare-notes")))
+    assert "Only 2 runs can be shown side by side; ignored: zzzzzzzzzzzz." in notes.text
+    _wait_maps(browser, 2, portal, artifacts_dir, "e2e-grid-compare-notes")
+    browser.get(f"{portal.url}/compare?runs={run_id},nosuchrun123")
+    notes = wait.until(EC.visibility_of_element_located((By.ID, "compare-notes")))
+    assert "nosuchrun123: no run with this ID." in notes.text
+    browser.save_screenshot(str(artifacts_dir / "e2e-grid-compare-notes.png"))
 
     # --- queueing: behind a large run, a run page shows its queue position
     blocker = _submit(api, portal, {"layer": 0, "size": 512}, "e2e grid blocker")

@@ -44,7 +44,7 @@ from typing import Any
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
-from dash import MATCH, Input, Output, State, callback, ctx, dcc, html
+from dash import MATCH, Input, Output, State, callback, clientside_callback, ctx, dcc, html
 
 from webapp.components import kv_table
 from webapp.views.grid.data import (
@@ -62,7 +62,6 @@ from webapp.views.grid.figures import (
     legend_entries,
     map_patch,
     token_map_figure,
-    window_from_relayout,
 )
 
 # --------------------------------------------------------------------------- layout
@@ -162,25 +161,60 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
 # --------------------------------------------------------------------------- callbacks
 
 
+# Runs in the browser on every relayout event of a map: the window store becomes the axis
+# ranges the map shows now (``null`` for an axis on autorange), and changes only when they
+# do. Events that move no axis (Plotly's ``{"autosize": true}`` when a map is first sized,
+# which can come after a zoom) leave the store alone, so they never reach the server.
+WINDOW_JS = """
+function(relayout, current, id) {
+    const dc = window.dash_clientside;
+    const holder = document.getElementById(JSON.stringify({slot: id.slot, type: 'grid-map'}));
+    const gd = holder && holder.querySelector('.js-plotly-plot');
+    if (!gd || !gd._fullLayout) { return dc.no_update; }
+    const next = {};
+    for (const axis of ['x', 'y']) {
+        const full = gd._fullLayout[axis + 'axis'];
+        next[axis] = full.autorange ? null : [Math.min(full.range[0], full.range[1]),
+                                               Math.max(full.range[0], full.range[1])];
+    }
+    const same = (a, b) => (a === null && b === null) || (a !== null && b !== null
+        && Math.abs(a[0] - b[0]) < 1e-9 && Math.abs(a[1] - b[1]) < 1e-9);
+    const previous = current || {};
+    if (same(previous.x || null, next.x) && same(previous.y || null, next.y)) { return dc.no_update; }
+    return next;
+}
+"""
+
+clientside_callback(
+    WINDOW_JS,
+    Output(pid("window", MATCH), "data"),
+    Input(pid("map", MATCH), "relayoutData"),
+    State(pid("window", MATCH), "data"),
+    State(pid("map", MATCH), "id"),
+    prevent_initial_call=True,
+)
+
+
 @callback(
     Output(pid("map", MATCH), "figure"),
-    Output(pid("window", MATCH), "data"),
     Input(pid("mode", MATCH), "value"),
-    Input(pid("map", MATCH), "relayoutData"),
+    Input(pid("window", MATCH), "data"),
     State(pid("run", MATCH), "data"),
-    State(pid("window", MATCH), "data"),
     State(pid("palette", MATCH), "data"),
     prevent_initial_call=True,
 )
-def _update_map(mode, relayout, run_id, window, context):
+def _update_map(mode, window, run_id, context):
+    """Token text for the window the map shows (and colours on a mode change).
+
+    Triggered only by a change of the colour mode or of the window store, whose
+    value is always the map's current ranges: of several requests in flight the
+    renderer keeps the last one's answer, and that one is for the window shown.
+    """
     data = load_grid(run_id, context)
     trigger = ctx.triggered_id or {}
     if trigger.get("type") == "grid-mode":
-        return map_patch(data, mode or "token", window, colours=True), dash.no_update
-    new_window = window_from_relayout(relayout, window)
-    if new_window is None:
-        return dash.no_update, dash.no_update
-    return map_patch(data, mode or "token", new_window, ranges=True), new_window
+        return map_patch(data, mode or "token", window, colours=True)
+    return map_patch(data, mode or "token", window, ranges=True)
 
 
 @callback(
