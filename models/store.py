@@ -119,6 +119,11 @@ class ArtifactStore:
         Bounds are clipped like a slice (``stop`` past the end reads to the end);
         what the views use for one latent's slice of a CSC array.
         """
+        return self.read_ranges(uri, [(start, stop)])[0]
+
+    def read_ranges(self, uri: str, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
+        """``read_range`` for several ranges of one array, opening the file once."""
+        out = []
         with self.fs.open(self._path(uri), "rb") as handle:
             version = np.lib.format.read_magic(handle)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -126,12 +131,15 @@ class ArtifactStore:
             shape, fortran, dtype = read_header(handle)
             if fortran or dtype.hasobject:
                 raise ValueError(f"{uri}: range reads need a C-order array of plain values")
-            start, stop, _ = slice(int(start), int(stop)).indices(shape[0])
-            count = max(0, stop - start)
+            offset = handle.tell()
             row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-            handle.seek(handle.tell() + start * row_bytes)
-            data = handle.read(count * row_bytes)
-        return np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:]).copy()
+            for start, stop in ranges:
+                start, stop, _ = slice(int(start), int(stop)).indices(shape[0])
+                count = max(0, stop - start)
+                handle.seek(offset + start * row_bytes)
+                data = handle.read(count * row_bytes)
+                out.append(np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:]).copy())
+        return out
 
     def verify(self, uri: str, sha256: str) -> bool:
         return hashlib.sha256(self.read_bytes(uri)).hexdigest() == sha256

@@ -1,8 +1,9 @@
 """The latent browser's components: one latent's statistics, histogram, logit effects and examples.
 
-Token strings are text children (Dash escapes them); each window token is a
-``span`` whose background alpha is its activation over the latent's maximum,
-with the value in its ``title``; the example's own token is outlined.
+Token strings are text children (Dash escapes them); each window token where
+the latent fired is a ``span`` whose background alpha is its activation over
+the latent's maximum, with the value in its ``title``; the example's own token
+is outlined; runs of tokens where it did not fire are one plain text child.
 Component IDs start with ``sae-``.
 """
 
@@ -27,22 +28,35 @@ def visible(text: str) -> str:
     return text
 
 
-def example_row(data: SaeData, example: Example, scale: float, id_prefix: str = "") -> html.Div:
-    """One example: its window of tokens, each shaded by the latent's activation there."""
-    spans = []
+def example_row(data: SaeData, example: Example, scale: float) -> html.Div:
+    """One example: its window of tokens, each firing token shaded by the latent's activation there.
+
+    Consecutive tokens where the latent did not fire share one plain span (fewer components).
+    """
+    spans: list[Any] = []
+    quiet: list[str] = []
     for token, token_id, act in zip(example.tokens, example.token_ids, example.acts, strict=True):
+        text = visible(data.token_text(token_id))
+        if act <= 0 and token != example.token:
+            quiet.append(text)
+            continue
+        if quiet:
+            spans.append("".join(quiet))
+            quiet = []
         alpha = 0.0 if scale <= 0 else min(1.0, max(0.0, act / scale))
         style = {"backgroundColor": f"rgba(255,140,0,{alpha:.3f})"}
         if token == example.token:
             style.update(outline="2px solid #d62728", outlineOffset="-1px")
-        spans.append(html.Span(visible(data.token_text(token_id)), title=f"activation {act:.3g}",
-                               className="sae-token", style=style))
+        spans.append(html.Span(text, title=f"activation {act:.3g}", className="sae-token", style=style))
+    if quiet:
+        spans.append("".join(quiet))
     return html.Div([html.Span(f"{example.value:.3g}", className="sae-example-value text-muted small me-2"),
                      html.Span(spans, className="sae-example-text font-monospace")],
                     className="sae-example border-bottom py-1")
 
 
 def examples_part(data: SaeData, examples: list[Example], scale: float, title: str, part_id: str) -> html.Div:
+    """A titled list of examples (``example_row`` each)."""
     if not examples:
         return html.Div([html.H6(title), html.P("none", className="text-muted small")], id=part_id)
     return html.Div([html.H6(title), *[example_row(data, x, scale) for x in examples]], id=part_id)

@@ -303,14 +303,10 @@ def hover_texts(data: SaeData, tokens: np.ndarray, dominant: np.ndarray, window:
     ids = token_id[at]
     unique, inverse = np.unique(ids, return_inverse=True)
     strings = np.asarray([visible(data.token_text(int(u))) for u in unique], dtype=object)[inverse.reshape(ids.shape)]
-    centre = window
-    out = []
-    for i in range(len(tokens)):
-        parts = [(f"[{s}]" if k == centre else s) for k, (s, ok) in enumerate(zip(strings[i], same[i], strict=True))
-                 if ok]
-        out.append(f"{''.join(parts)}\ndoc {int(token_doc[tokens[i]])} pos {int(token_pos[tokens[i]])} · "
-                   f"latent {int(dominant[i])}")
-    return [text.replace("\n", "<br>") for text in out]
+    strings[:, window] = "[" + strings[:, window] + "]"
+    contexts = ["".join(row) for row in np.where(same, strings, "").tolist()]
+    return [f"{text}<br>doc {doc} pos {pos} · latent {latent}" for text, doc, pos, latent in
+            zip(contexts, token_doc[tokens].tolist(), token_pos[tokens].tolist(), dominant.tolist(), strict=True)]
 
 
 @callback(
@@ -366,8 +362,7 @@ def _timing(update: cloud_state.Update, pca_s: float, figure_s: float, total: in
         change.append("+" + ", ".join(str(j) for j in update.added[:8]) + ("…" if len(update.added) > 8 else ""))
     if update.removed:
         change.append("−" + ", ".join(str(j) for j in update.removed[:8]) + ("…" if len(update.removed) > 8 else ""))
-    how = ("incremental update" if update.incremental
-           else "built in this web process (it had not seen this cloud)")
+    how = "incremental update" if update.incremental else "new cloud in this web process"
     sampled = f" (showing {shown:,}, evenly sampled)" if shown < total else ""
     text = (f"{how} {' '.join(change) or '(no change)'}: {update.touched:,} activations in "
             f"{1000 * update.seconds:.1f} ms · PCA {1000 * pca_s:.1f} ms · figure {1000 * figure_s:.0f} ms · "

@@ -32,7 +32,7 @@ class Update:
     removed: list[int]
     touched: int  # activations read and written (the delta's size)
     seconds: float  # time of the cloud update itself
-    incremental: bool  # False: this process built the cloud from scratch
+    incremental: bool  # False: a new cloud in this process (first draw of the tab, or another worker had it)
 
 
 class _Entry:
@@ -80,4 +80,4 @@ def update(data: SaeData, key: str, picked: list[int]):
                 touched += entry.cloud.add(j)
                 added.append(j)
         seconds = time.perf_counter() - start
-    return entry, Update(added, removed, touched, seconds, known or len(added) <= 1)
+    return entry, Update(added, removed, touched, seconds, known)

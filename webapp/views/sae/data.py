@@ -189,12 +189,9 @@ class SaeData:
         """Per token: (indices, token ids, docs, positions) of ``token ± window`` within its document."""
         out = []
         last = self.n_tokens or None
-        for token in tokens:
-            start = max(0, token - window)
-            stop = token + window + 1 if last is None else min(last, token + window + 1)
-            ids = self.store.read_range(self.uris["token_id"], start, stop)
-            docs = self.store.read_range(self.uris["token_doc"], start, stop)
-            pos = self.store.read_range(self.uris["token_pos"], start, stop)
+        spans = [(max(0, t - window), t + window + 1 if last is None else min(last, t + window + 1)) for t in tokens]
+        ids_all, docs_all, pos_all = (self.store.read_ranges(self.uris[name], spans) for name in TOKEN_ARRAYS)
+        for token, (start, _), ids, docs, pos in zip(tokens, spans, ids_all, docs_all, pos_all, strict=True):
             index = np.arange(start, start + len(ids))
             same = docs == docs[token - start]
             out.append((index[same], ids[same], docs[same], pos[same]))
@@ -207,12 +204,14 @@ class SaeData:
             window = int(self.summary.get("window") or 8)
         rows = {name: self.rows(name, [j])[0] for name in ROW_ARRAYS}
         act_tokens, act_values = self.activations(j)
+        wanted = [(rows["top_token"], rows["top_value"]), (rows["interval_token"], rows["interval_value"])]
+        keeps = [[(int(t), float(v)) for t, v in zip(tokens, values, strict=True) if t >= 0 and np.isfinite(v)]
+                 for tokens, values in wanted]
+        all_windows = self.windows([t for keep in keeps for t, _ in keep], window)
 
-        def examples(tokens: np.ndarray, values: np.ndarray) -> list[Example]:
-            keep = [(int(t), float(v)) for t, v in zip(tokens, values, strict=True) if t >= 0 and np.isfinite(v)]
+        def examples(keep: list[tuple[int, float]], windows: list) -> list[Example]:
             found = []
-            for (token, value), (index, ids, docs, pos) in zip(
-                    keep, self.windows([t for t, _ in keep], window), strict=True):
+            for (token, value), (index, ids, docs, pos) in zip(keep, windows, strict=True):
                 where = np.searchsorted(act_tokens, index)
                 where = np.minimum(where, max(len(act_tokens) - 1, 0))
                 hit = (act_tokens[where] == index) if len(act_tokens) else np.zeros(len(index), bool)
@@ -224,15 +223,17 @@ class SaeData:
 
         edge_lists = {}
         for kind in EDGE_KINDS:
-            idx = self.rows(f"edge_{kind}_idx", [j])[0]
-            val = self.rows(f"edge_{kind}_val", [j])[0]
+            if kind in self._edges:  # the graph loaded them whole already
+                idx, val = self._edges[kind][0][j], self._edges[kind][1][j]
+            else:
+                idx, val = self.rows(f"edge_{kind}_idx", [j])[0], self.rows(f"edge_{kind}_val", [j])[0]
             edge_lists[kind] = [(int(i), float(v)) for i, v in zip(idx, val, strict=True) if i >= 0]
         return Latent(
             id=j, label=self.label(j), fire_count=int(self.small["fire_count"][j]),
             density=float(self.small["density"][j]), max_act=float(self.small["max_act"][j]),
             mean_act=float(self.small["mean_act"][j]), hist_counts=rows["hist_counts"],
-            top=examples(rows["top_token"], rows["top_value"]),
-            intervals=examples(rows["interval_token"], rows["interval_value"]),
+            top=examples(keeps[0], all_windows[:len(keeps[0])]),
+            intervals=examples(keeps[1], all_windows[len(keeps[0]):]),
             logit_top=[(int(i), float(v)) for i, v in zip(rows["logit_top_id"], rows["logit_top_val"], strict=True)],
             logit_bottom=[(int(i), float(v)) for i, v in
                           zip(rows["logit_bottom_id"], rows["logit_bottom_val"], strict=True)],

@@ -81,10 +81,9 @@ def export_figures(data: SaeData) -> list[tuple[str, str, str, Any]]:
     counts = data.rows("hist_counts", densest)
     figure = go.Figure()
     for j, row in zip(densest, counts, strict=True):
-        hist = histogram_figure(data.small["hist_edges"], row)
-        trace = hist.data[0]
-        trace.name, trace.opacity, trace.marker.color = f"latent {int(j)}", 0.6, None
-        figure.add_trace(trace)
+        bar = histogram_figure(data.small["hist_edges"], row)["data"][0]
+        bar.update(name=f"latent {int(j)}", opacity=0.6, marker={})
+        figure.add_trace(go.Bar({k: v for k, v in bar.items() if k != "type"}))
     figure.update_layout(barmode="overlay", xaxis={"type": "log", "title": "activation"},
                          yaxis={"title": "tokens"}, showlegend=True, height=600)
     views.append(("histograms", "Activation histograms of the densest latents",

@@ -31,16 +31,19 @@ def cluster_colour_values(clusters: np.ndarray) -> np.ndarray:
     return (np.asarray(clusters, dtype=np.float64) * GOLDEN) % 1.0
 
 
-def histogram_figure(edges: np.ndarray, counts: np.ndarray, title: str = "Activation histogram") -> go.Figure:
-    """Bars of non-zero activation counts over the run's shared log-spaced bins (log x axis)."""
+def histogram_figure(edges: np.ndarray, counts: np.ndarray, title: str = "Activation histogram") -> dict:
+    """Bars of non-zero activation counts over the run's shared log-spaced bins (log x axis).
+
+    A plain figure dict (no validation pass: it is drawn on every step of the browser).
+    """
     edges = np.asarray(edges, dtype=np.float64)
     centres = np.sqrt(np.clip(edges[:-1], 1e-12, None) * np.clip(edges[1:], 1e-12, None))
     widths = edges[1:] - edges[:-1]
-    fig = go.Figure(go.Bar(x=centres, y=np.asarray(counts), width=widths, marker_color="#1f77b4",
-                           hovertemplate="activation %{x:.3g}<br>%{y} tokens<extra></extra>"))
-    fig.update_layout(title=title, height=230, margin=MARGIN, bargap=0, showlegend=False,
-                      xaxis={"type": "log", "title": "activation"}, yaxis={"title": "tokens"})
-    return fig
+    bar = {"type": "bar", "x": centres.tolist(), "y": np.asarray(counts).tolist(), "width": widths.tolist(),
+           "marker": {"color": "#1f77b4"}, "hovertemplate": "activation %{x:.3g}<br>%{y} tokens<extra></extra>"}
+    return {"data": [bar], "layout": {"title": {"text": title}, "height": 230, "margin": MARGIN, "bargap": 0,
+                                      "showlegend": False, "xaxis": {"type": "log", "title": {"text": "activation"}},
+                                      "yaxis": {"title": {"text": "tokens"}}}}
 
 
 def umap_figure(umap: np.ndarray, labels: Sequence[str], *, colour: str, clusters: np.ndarray | None = None,
