@@ -8,8 +8,10 @@ refused by the API before anything is queued.
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import zipfile
 
 import numpy as np
 import pytest
@@ -64,6 +66,13 @@ def test_trained_sae_is_stored_and_loads(portal, monkeypatch):
     assert np.isfinite(summary["metrics"]["variance_explained"]) and summary["metrics"]["l0"] > 0  # 11 steps: no threshold here
     names = {a["name"] for a in done["artifacts"]}
     assert {"loss_step", "loss_value", "loss_mse", "sae__W_enc", "sae__W_dec", "sae__b_enc", "sae__b_dec"} <= names
+
+    response = portal.api("GET", f"/api/runs/{run['id']}/sae.zip", portal.token)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == ["sae/cfg.json", "sae/sae_weights.safetensors"]
+    missing = portal.api("GET", "/api/runs/nosuchrun/sae.zip", portal.token)
+    assert missing.status_code == 404 and "error" in missing.json()
 
     for key, value in portal.env.items():
         if key.startswith("ATLAS_"):
