@@ -37,7 +37,7 @@ GRAPH_ID, CURVE_ID, HEATMAP_ID = "scan-graph", "scan-curve", "scan-heatmap"
 LABEL_ID, SPEED_ID, CURRENT_ID, RUN_ID = "scan-frame-label", "scan-speed", "scan-current", "scan-run"
 COLOUR_ID, TRAILS_ID, RENDER_ID = "scan-colour", "scan-trails", "scan-render"
 SPEEDS = {"1000": "slow (1 s)", "400": "normal (0.4 s)", "150": "fast (0.15 s)", "50": "very fast (50 ms)"}
-GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": True, "responsive": True}
+GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": True}  # not "responsive": that ignores layout.height
 
 
 def summary_rows(data: ScanData) -> list[tuple[str, str]]:
@@ -78,9 +78,9 @@ def controls(data: ScanData) -> Any:
     return html.Div([
         dbc.Row([
             dbc.Col(html.Div([
-                _button("⏮", "first", "first frame"), _button("◀", "prev", "step back ( [ )"),
+                _button("first", "first", "first frame"), _button("◀", "prev", "step back ( [ )"),
                 _button("▶ play", "play", "play (space)"), _button("❚❚ pause", "pause", "pause (space)"),
-                _button("▶", "next", "step forward ( ] )"), _button("⏭", "last", "last frame"),
+                _button("▶", "next", "step forward ( ] )"), _button("last", "last", "last frame"),
             ], className="btn-group"), width="auto"),
             _select(SPEED_ID, "400", SPEEDS, "speed"),
             dbc.Col(html.Span(["frame ", html.Strong(data.labels[0], id=LABEL_ID, **{"data-frame": "0"})],
