@@ -2,10 +2,10 @@
 
 Usage::
 
-    python bench/sae.py [--sections throughput,seed,memory,cofire] [--tokens 20000] [--layer 6]
+    python bench/sae.py [--sections throughput,seed,memory,memory_reducers,cofire] [--tokens 20000] [--layer 6]
                         [--d-sae 4608] [--k 64] [--memory-tokens 100000,400000,1600000]
                         [--memory-layer 0] [--cofire-latents 16384] [--cofire-tokens 1000000]
-                        [--model-dir DIR] [--device auto]
+                        [--model-dir DIR] [--device auto] [--clock wall|cpu] [--repeats N]
 
 The SAE is a random sae-lens ``TopKSAE`` (``--k`` latents fire per token, so L0 is
 exact) hooked at ``blocks.{layer}.hook_resid_post`` of the demo model (or
@@ -24,6 +24,8 @@ Sections (ratios are against baselines measured in the same run):
   at ``--memory-layer`` (layer 0 keeps the CPU time sane): peak anonymous memory
   (``RssAnon``; the CSC's temporary files are page cache, not heap) beyond the loaded
   model + SAE, and seconds. Flat in the corpus size is the target.
+* ``memory_reducers``: the same without the model (synthetic batches, every reducer
+  including co-firing, and the CSC): the harvest's own state at each size.
 * ``cofire``: exact co-firing edges for ``--cofire-latents`` latents over
   ``--cofire-tokens`` tokens of synthetic activations (L0 = ``--k``, latent popularity
   Zipf-like): seconds for the accumulation and the edges, and peak memory.
@@ -130,16 +132,19 @@ def floor_pass(lm, sae, hook, sequences: list[list[int]], batch_tokens: int) -> 
             torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter
+
+
 def run_harvest(lm, sae, hook, sequences, batch_tokens: int, cofire: bool = True) -> tuple[float, int]:
     d = sae.cfg.d_sae
     reducers = HarvestReducers(d, top_k=20, interval_bins=10, interval_per_bin=5, hist_bins=48, cofire=cofire)
     csc = CscWriter(d)
-    start = time.perf_counter()
+    start = CLOCK()
     harvest(lm, sae, hook, sequences, reducers, batch_tokens=batch_tokens, skip_positions=1,
             progress=lambda f, s: None, csc=csc)
     ptr, tok, val = csc.finish()
     reducers.result(10)
-    return time.perf_counter() - start, int(tok.size)
+    return CLOCK() - start, int(tok.size)
 
 
 def section_throughput(lm, args) -> None:
@@ -148,18 +153,22 @@ def section_throughput(lm, args) -> None:
     seqs = corpus(lm, args.tokens)
     n = sum(map(len, seqs))
     floor_pass(lm, sae, hook, seqs[:2], args.batch_tokens)  # warm-up
-    t_floor = min(_timed(lambda: floor_pass(lm, sae, hook, seqs, args.batch_tokens)) for _ in range(args.repeats))
-    t_real = min(run_harvest(lm, sae, hook, seqs, args.batch_tokens)[0] for _ in range(args.repeats))
-    print(f"throughput: {n:,} tokens, layer {args.layer}, d_sae {args.d_sae:,}, L0 {args.k}, {lm.device}")
+    floors, reals = [], []
+    for _ in range(args.repeats):  # alternated, so a load change hits both
+        floors.append(_timed(lambda: floor_pass(lm, sae, hook, seqs, args.batch_tokens)))
+        reals.append(run_harvest(lm, sae, hook, seqs, args.batch_tokens)[0])
+    t_floor, t_real = min(floors), min(reals)
+    print(f"throughput: {n:,} tokens, layer {args.layer}, d_sae {args.d_sae:,}, L0 {args.k}, {lm.device}, "
+          f"clock {args.clock} (cpu: process CPU seconds, i.e. the work, robust to a shared machine's load)")
     print(f"  floor (forward to the hook + encode): {t_floor:.2f} s = {n / t_floor:,.0f} tokens/s")
     print(f"  harvest, every reducer + CSC:         {t_real:.2f} s = {n / t_real:,.0f} tokens/s")
     print(f"  ratio harvest / floor throughput: {t_floor / t_real:.2f}x (target >= 0.8x)")
 
 
 def _timed(fn) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def record_batches(lm, sae, hook, seqs, batch_tokens: int) -> list[SparseBatch]:
@@ -253,6 +262,27 @@ def section_memory(lm, args) -> None:
         del seqs
 
 
+def section_memory_reducers(args) -> None:
+    """Every reducer (co-firing included) + the CSC on synthetic batches: the harvest state alone."""
+    d = args.d_sae
+    print(f"memory, reducers + CSC only (synthetic batches, d_sae {d:,}, L0 {args.k}); peak RssAnon")
+    for n in args.memory_tokens:
+        gc.collect()
+        with peak_anon() as stats:
+            start = time.perf_counter()
+            reducers = HarvestReducers(d, top_k=20, interval_bins=10, interval_per_bin=5, hist_bins=48)
+            csc = CscWriter(d)
+            for batch in synthetic_batches(d, n, args.k):
+                reducers.update(batch)
+                csc.add(batch)
+            ptr, tok, val = csc.finish()
+            reducers.result(10)
+            seconds = time.perf_counter() - start
+        print(f"  {n:>10,} tokens: {seconds:7.1f} s, {n / seconds:8,.0f} tokens/s, peak +"
+              f"{(stats['peak'] - stats['before']) / 2**20:8.1f} MiB (CSC on disk {tok.size * 8 / 2**20:,.0f} MiB)")
+        del reducers, csc, ptr, tok, val
+
+
 def synthetic_batches(d: int, n_tokens: int, k: int, batch: int = 4096, seed: int = 0) -> Iterator[SparseBatch]:
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, d + 1) ** 0.8
@@ -301,14 +331,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cofire-tokens", type=int, default=1_000_000)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     sections = args.sections.split(",")
     lm = None
-    if set(sections) - {"cofire"}:
+    if set(sections) - {"cofire", "memory_reducers"}:
         lm = load_bench_model(args.model_dir, resolve_device(args.device))
     for section in sections:
         if section == "cofire":
             section_cofire(args)
+        elif section == "memory_reducers":
+            section_memory_reducers(args)
         else:
             {"throughput": section_throughput, "seed": section_seed, "memory": section_memory}[section](lm, args)
         sys.stdout.flush()
