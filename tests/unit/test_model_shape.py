@@ -1,0 +1,52 @@
+"""A model's block count and hidden size from config.json or a GGUF header, without weights."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from latent_atlas.lm.shape import ModelShape, gguf_header_values, model_shape
+from tiny_models import D_MODEL, N_LAYERS
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _gguf(path: Path, items: list[tuple[str, int, bytes]]) -> Path:
+    body = b"GGUF" + struct.pack("<I", 3) + struct.pack("<QQ", 0, len(items))
+    for key, kind, value in items:
+        body += _string(key) + struct.pack("<I", kind) + value
+    path.write_bytes(body + b"\x00" * 64)
+    return path
+
+
+def test_config_dir(tiny_llama_dir: Path, tiny_gpt2_dir: Path) -> None:
+    assert model_shape(str(tiny_llama_dir)) == ModelShape(N_LAYERS, D_MODEL)
+    assert model_shape(str(tiny_gpt2_dir)) == ModelShape(N_LAYERS, D_MODEL)
+
+
+def test_gguf_header(tmp_path: Path) -> None:
+    _gguf(tmp_path / "m.gguf", [
+        ("general.architecture", 8, _string("llama")),
+        ("general.name", 8, _string("x" * 100)),
+        ("llama.tags", 9, struct.pack("<IQ", 8, 2) + _string("a") + _string("bb")),  # array of strings, skipped
+        ("llama.block_count", 4, struct.pack("<I", 30)),
+        ("llama.embedding_length", 10, struct.pack("<Q", 576)),
+    ])
+    assert model_shape(str(tmp_path), gguf_file="m.gguf") == ModelShape(30, 576)
+    assert gguf_header_values(tmp_path / "m.gguf", ("block_count",)) == {"block_count": 30}
+    assert model_shape(str(tmp_path), gguf_file="absent.gguf") == ModelShape(None, None)
+    (tmp_path / "bad.gguf").write_bytes(b"NOPE")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        model_shape(str(tmp_path), gguf_file="bad.gguf")
+
+
+@pytest.mark.demo_model
+def test_demo_gguf(demo_model_dir: Path) -> None:
+    from latent_atlas.settings import DEMO_GGUF_FILE
+
+    assert model_shape(str(demo_model_dir), gguf_file=DEMO_GGUF_FILE) == ModelShape(30, 576)
