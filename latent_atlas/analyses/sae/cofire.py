@@ -21,7 +21,9 @@ smaller index), only those with a positive value; padding -1 / NaN.
 
 from __future__ import annotations
 
-import numba
+from functools import cache
+from typing import Any
+
 import numpy as np
 
 from latent_atlas.analyses.sae.reducers import SparseBatch
@@ -63,19 +65,25 @@ def top_edges(score: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, 
     return idx, val
 
 
-@numba.njit(cache=True, nogil=True)
-def _accumulate(starts: np.ndarray, latents: np.ndarray, values: np.ndarray, count: np.ndarray,
-                product: np.ndarray) -> None:  # pragma: no cover - compiled
-    """For each token (entries ``starts[r]:starts[r+1]``, latents ascending): every pair i <= j."""
-    for r in range(starts.size - 1):
-        lo, hi = starts[r], starts[r + 1]
-        for p in range(lo, hi):
-            i = latents[p]
-            vi = values[p]
-            for q in range(p, hi):
-                j = latents[q]
-                count[i, j] += 1
-                product[i, j] += vi * values[q]
+@cache
+def _kernel() -> Any:
+    """The compiled pair kernel (numba is imported on first use: the web process never needs it)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def accumulate(starts, latents, values, count, product):  # pragma: no cover - compiled
+        """For each token (entries ``starts[r]:starts[r+1]``, latents ascending): every pair i <= j."""
+        for r in range(starts.size - 1):
+            lo, hi = starts[r], starts[r + 1]
+            for p in range(lo, hi):
+                i = latents[p]
+                vi = values[p]
+                for q in range(p, hi):
+                    j = latents[q]
+                    count[i, j] += 1
+                    product[i, j] += vi * values[q]
+
+    return accumulate
 
 
 class CoFiring:
@@ -98,7 +106,7 @@ class CoFiring:
         latent = batch.latent if order is None else batch.latent[order]
         value = batch.value if order is None else batch.value[order]
         starts = np.flatnonzero(np.r_[True, token[1:] != token[:-1], True]).astype(np.int64)
-        _accumulate(starts, latent.astype(np.int64), value.astype(np.float32), self.count, self.product)
+        _kernel()(starts, latent.astype(np.int64), value.astype(np.float32), self.count, self.product)
 
     def merge(self, other: CoFiring) -> CoFiring:
         if other.d_sae != self.d_sae:
