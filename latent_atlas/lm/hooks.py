@@ -8,6 +8,15 @@ For block ``l`` the points are (``COMPONENTS`` order):
 * ``mlp_out``    the MLP output before the residual add;
 * ``resid_post`` the residual after the MLP add (the block's output).
 
+Which modules carry the points is the adapter's business (Gemma 2/3: the
+norms after attention and MLP). In a parallel block (GPT-NeoX with
+``use_parallel_residual``) the model never forms ``resid_mid``: it is the
+derived point ``resid_pre + attn_out``, computed by ``capture_points`` after
+the forward (one addition per such block), so every identity below still
+holds and ``resid_post == output_hidden_states[l + 1]`` is checked as usual;
+for those blocks the first identity holds by definition and the check proves
+the other two.
+
 Invariants:
 
 * hooks only store references to tensors the model creates anyway: no copy,
@@ -105,11 +114,12 @@ def capture_hooks(lm: LanguageModel) -> Iterator[_Store]:
         handles.append(blocks[0].register_forward_pre_hook(embeddings_hook, with_kwargs=True))
         for layer, block in enumerate(blocks):
             handles.append(adapter.attention_of(block).register_forward_hook(output_hook(layer, ATTN_OUT)))
-            handles.append(
-                adapter.post_attention_norm_of(block).register_forward_pre_hook(
-                    input_hook(layer, RESID_MID), with_kwargs=True
+            if not adapter.is_parallel(block):  # parallel: resid_mid is derived by capture_points
+                handles.append(
+                    adapter.post_attention_norm_of(block).register_forward_pre_hook(
+                        input_hook(layer, RESID_MID), with_kwargs=True
+                    )
                 )
-            )
             handles.append(adapter.mlp_of(block).register_forward_hook(output_hook(layer, MLP_OUT)))
             handles.append(block.register_forward_hook(output_hook(layer, RESID_POST)))
         yield store
@@ -208,8 +218,16 @@ def capture_points(
         out_logits, out_hidden = _forward(
             lm, input_ids, attention_mask, logits=logits, hidden_states=hidden_states
         )
+    if store.embeddings is None:
+        raise RuntimeError("the input of block 0 was not reached during the forward pass")
     points: list[list[Tensor]] = []
+    blocks = lm.adapter.blocks_of(lm.model)
     for layer, slots in enumerate(store.points):
+        attn = slots[ATTN_OUT]
+        if lm.adapter.is_parallel(blocks[layer]) and attn is not None:
+            resid_pre = store.embeddings if layer == 0 else store.points[layer - 1][RESID_POST]
+            if resid_pre is not None:
+                slots[RESID_MID] = resid_pre + attn
         for component, tensor in enumerate(slots):
             if tensor is None:
                 raise RuntimeError(
@@ -217,8 +235,6 @@ def capture_points(
                     "during the forward pass"
                 )
         points.append([t for t in slots if t is not None])
-    if store.embeddings is None:
-        raise RuntimeError("the input of block 0 was not reached during the forward pass")
     return Capture(points=points, embeddings=store.embeddings, logits=out_logits, hidden_states=out_hidden)
 
 

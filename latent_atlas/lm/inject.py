@@ -21,9 +21,21 @@ returns the logits (B, V) of that one batch. Invariants:
   prefix serves every batch and memory does not grow with the number of
   batches;
 * rotary families get the rotary embedding of the row's position from the
-  model's own ``rotary_emb``; learned absolute positions (GPT-2) are part of
-  the residual stream at the input of block 0, so an injected state already
-  carries them and blocks need no position information;
+  model's own ``rotary_emb`` (per layer type where the model has several, as
+  Gemma 3's local and global layers); learned absolute positions (GPT-2) are
+  part of the residual stream at the input of block 0, so an injected state
+  already carries them and blocks need no position information;
+* the prefix reaches a block through the keyword the block's ``forward``
+  declares (``ArchitectureAdapter.cache_kwarg``: ``cache`` in transformers
+  5.x, ``layer_past`` for GPT-NeoX); a block whose signature lacks it is
+  refused (``UnsupportedArchitecture``), because a decoder layer swallows an
+  unknown keyword into ``**kwargs`` and would silently drop the context;
+* sliding-window layers (Mistral, Phi-3 with a window, Qwen 2/3 where
+  configured, Gemma 2/3 local layers) see only the last ``window - 1`` prefix
+  positions plus the row itself, exactly as the model's own sliding mask
+  (``kv > q - window``) allows; full-attention layers see the whole prefix;
+  grouped-query attention needs nothing special (the block repeats its
+  key/value heads itself);
 * ``compute_dtype`` other than the weights' dtype runs under
   ``torch.autocast`` (matrix products in that dtype, the residual stream and
   the norms in float32 where the model computes them so);
@@ -31,13 +43,19 @@ returns the logits (B, V) of that one batch. Invariants:
   affine plane ``h = c + x u + y v`` the final norm (RMSNorm or LayerNorm) is
   an affine map divided by one scalar per row, so the logits are
   ``(a + x b + y e) / s(x, y) + bias`` with three unembeddings ``a, b, e``
-  computed once; only a rank-3 product per row remains.
+  computed once; only a rank-3 product per row remains. The RMSNorm gain is
+  ``norm_weight_offset + w`` (Gemma: ``1 + w``), and the spec is checked
+  against the norm module on a probe vector (``None`` on disagreement); a
+  final logit soft-cap (Gemma 2/3) is applied elementwise after the product;
+* ``readout`` applies the final logit soft-cap when the model has one, so
+  every logit computed here equals the model's own.
 
-Only the families with a tested block call are supported (GPT-2, Llama).
+Supported: every family of ``latent_atlas.lm.adapters.ADAPTERS``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +65,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from latent_atlas.lm.adapters import ADAPTERS, ArchitectureAdapter, soft_cap
 from latent_atlas.lm.errors import UnsupportedArchitecture
 from latent_atlas.lm.loading import LanguageModel
 
@@ -60,9 +79,9 @@ __all__ = [
     "readout",
     "resid_from_layer",
     "run_from_layer",
+    "sliding_windows",
 ]
 
-_SUPPORTED = ("gpt2", "llama")
 
 
 @dataclass(frozen=True)
@@ -92,14 +111,20 @@ class _PrefixView:
     only and the returned tensors die with the layer's attention.
     """
 
-    def __init__(self, prefix: PrefixCache) -> None:
+    def __init__(self, prefix: PrefixCache, windows: Sequence[int | None]) -> None:
         self.prefix = prefix
+        self.windows = tuple(windows)
 
     def update(
         self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[Tensor, Tensor]:
         keys = self.prefix.keys[layer_idx]
         values = self.prefix.values[layer_idx]
+        window = self.windows[layer_idx]
+        if window is not None:  # the row at position P sees positions > P - window
+            keep = max(window - 1, 0)
+            keys = keys[:, :, keys.shape[2] - min(keep, keys.shape[2]) :]
+            values = values[:, :, values.shape[2] - min(keep, values.shape[2]) :]
         batch = key_states.shape[0]
         keys = keys.to(key_states.dtype).expand(batch, -1, -1, -1)
         values = values.to(value_states.dtype).expand(batch, -1, -1, -1)
@@ -110,11 +135,28 @@ class _PrefixView:
 
 
 def _check_family(lm: LanguageModel) -> None:
-    if lm.adapter.family not in _SUPPORTED:
+    if lm.adapter.family not in ADAPTERS:
         raise UnsupportedArchitecture(
-            f"running from a layer is implemented for {', '.join(_SUPPORTED)}, "
+            f"running from a layer is implemented for {', '.join(ADAPTERS)}, "
             f"not for the {lm.adapter.family} family"
         )
+
+
+def sliding_windows(lm: LanguageModel) -> tuple[int | None, ...]:
+    """Per layer: the sliding attention window, or ``None`` for full attention.
+
+    From the config: ``sliding_window`` with ``layer_types`` where the model
+    mixes layer types (Qwen 2/3, Gemma 2/3), for every layer otherwise
+    (Mistral, Phi-3); ``None`` everywhere without a window.
+    """
+    config = lm.model.config
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return (None,) * lm.n_layers
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return (int(window),) * lm.n_layers
+    return tuple(int(window) if kind == "sliding_attention" else None for kind in types[: lm.n_layers])
 
 
 def _first(value: Any) -> Tensor:
@@ -145,38 +187,88 @@ def prefix_cache(
         return None
     with torch.inference_mode(), _autocast(lm, compute_dtype):
         out = lm.model(input_ids=ids.to(lm.device), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out.cache  # transformers 5.x; ``past_key_values`` is a deprecated alias until 5.40
     layers = getattr(cache, "layers", None)
     if layers is None or len(layers) != lm.n_layers:
         raise RuntimeError("the model did not return a per-layer key/value cache")
     keys = tuple(layer.keys for layer in layers)
     values = tuple(layer.values for layer in layers)
-    if any(k is None or k.shape[-2] != ids.shape[1] for k in keys):
+    length = int(ids.shape[1])
+    # A sliding layer's cache keeps only the positions its window can still see.
+    needed = [length if w is None else min(length, w - 1) for w in sliding_windows(lm)]
+    if any(k is None or k.shape[-2] < n for k, n in zip(keys, needed, strict=True)):
         raise RuntimeError("the model's key/value cache does not cover the whole prefix")
     return PrefixCache(keys=keys, values=values, length=int(ids.shape[1]))
 
 
-def _block_kwargs(lm: LanguageModel, hidden: Tensor, position: int) -> dict[str, Any]:
-    """Keyword arguments every block of this family needs for a row at ``position``."""
+def _block_kwargs(lm: LanguageModel, hidden: Tensor, position: int) -> list[dict[str, Any]]:
+    """Per block: the keyword arguments it needs for a row at ``position`` (rotary embeddings)."""
+    if lm.adapter.position_embedding is not None:  # learned positions: already in the residual
+        return [{} for _ in range(lm.n_layers)]
     rotary = getattr(lm.model.base_model, "rotary_emb", None)
-    if lm.adapter.family == "llama":
-        if rotary is None:
-            raise UnsupportedArchitecture("a Llama-family model without rotary_emb")
-        position_ids = torch.full((1, 1), position, dtype=torch.long, device=hidden.device)
-        return {"position_embeddings": rotary(hidden, position_ids), "position_ids": position_ids}
-    return {}
+    if rotary is None:
+        raise UnsupportedArchitecture(f"a {lm.adapter.family} model without rotary_emb")
+    position_ids = torch.full((1, 1), position, dtype=torch.long, device=hidden.device)
+    if "layer_type" not in inspect.signature(rotary.forward).parameters:
+        shared = {"position_embeddings": rotary(hidden, position_ids), "position_ids": position_ids}
+        return [shared] * lm.n_layers
+    types = list(lm.model.config.layer_types)  # one rotary per layer type (Gemma 3)
+    tables = {kind: rotary(hidden, position_ids, kind) for kind in set(types)}
+    return [{"position_embeddings": tables[kind], "position_ids": position_ids} for kind in types]
 
 
-def _llama_single_position(block: nn.Module, hidden: Tensor) -> Tensor:
-    """A Llama decoder layer on rows that are one-position sequences without context."""
-    attn = block.self_attn
-    value = attn.v_proj(block.input_layernorm(hidden))  # (B, kv_heads * head_dim)
-    groups = int(attn.num_key_value_groups)
+def _cache_keyword(adapter: ArchitectureAdapter, block: nn.Module) -> str:
+    """The keyword through which ``block`` takes its key/value cache; refused when it has none."""
+    name = adapter.cache_kwarg
+    if name not in inspect.signature(block.forward).parameters:
+        raise UnsupportedArchitecture(
+            f"{type(block).__name__}.forward has no {name!r} parameter: a context would be silently "
+            "ignored by this transformers version (see the supported range in pyproject.toml)"
+        )
+    return name
+
+
+def _lone_position_values(attn: nn.Module, x: Tensor) -> Tensor:
+    """The value vectors (B, heads * head_dim) of rows ``x``, one kv head per query head."""
+    if hasattr(attn, "v_proj"):  # Llama, Mistral, Qwen 2/3, Gemma 1/2/3
+        value = attn.v_proj(x)
+    elif hasattr(attn, "qkv_proj"):  # Phi-3: one fused [query | key | value] projection
+        start = (attn.config.num_attention_heads + attn.num_key_value_heads) * attn.head_dim
+        proj = attn.qkv_proj
+        bias = None if proj.bias is None else proj.bias[start:]
+        value = nn.functional.linear(x, proj.weight[start:], bias)
+    elif hasattr(attn, "query_key_value"):  # GPT-NeoX: per head [query | key | value]
+        rows = x.shape[0]
+        qkv = attn.query_key_value(x).view(rows, -1, 3 * attn.head_size)
+        return qkv[..., 2 * attn.head_size :].reshape(rows, -1)
+    else:
+        raise UnsupportedArchitecture(f"no value projection known for {type(attn).__name__}")
+    groups = int(getattr(attn, "num_key_value_groups", 1))
     if groups > 1:  # head h reads kv head h // groups, as transformers' repeat_kv does
         rows = value.shape[0]
         value = value.view(rows, -1, attn.head_dim).repeat_interleave(groups, dim=1).reshape(rows, -1)
-    hidden = hidden + attn.o_proj(value)
-    return hidden + block.mlp(block.post_attention_layernorm(hidden))
+    return value
+
+
+def _rotary_single_position(adapter: ArchitectureAdapter, block: nn.Module, hidden: Tensor) -> Tensor:
+    """A rotary-family block on rows that are one-position sequences without context.
+
+    Every rotary family here names its pre-attention norm ``input_layernorm``;
+    the adapter says where the points are (norms after attention/MLP, parallel).
+    """
+    attn = adapter.attention_module_of(block)
+    output = attn.o_proj if hasattr(attn, "o_proj") else attn.dense
+    attn_out = output(_lone_position_values(attn, block.input_layernorm(hidden)))
+    if adapter.attention_module is not None:  # Gemma 2/3: the norm after the attention
+        attn_out = adapter.attention_of(block)(attn_out)
+    if adapter.is_parallel(block):  # GPT-NeoX: the MLP reads resid_pre too
+        mlp_out = adapter.mlp_of(block)(block.post_attention_layernorm(hidden))
+        return mlp_out + attn_out + hidden
+    hidden = hidden + attn_out
+    mlp_out = adapter.mlp_module_of(block)(adapter.post_attention_norm_of(block)(hidden))
+    if adapter.mlp_module is not None:
+        mlp_out = adapter.mlp_of(block)(mlp_out)
+    return hidden + mlp_out
 
 
 def _gpt2_single_position(block: nn.Module, hidden: Tensor) -> Tensor:
@@ -190,9 +282,13 @@ def _gpt2_single_position(block: nn.Module, hidden: Tensor) -> Tensor:
 
 
 # One position with no context attends to itself only: the softmax over a single key is
-# exactly 1, so attention returns the value. These skip the query, key, rotary embedding and
-# attention kernel (about 1/8 of a Llama block's products); tests compare them with the blocks.
-_SINGLE_POSITION: dict[str, Any] = {"llama": _llama_single_position, "gpt2": _gpt2_single_position}
+# exactly 1 (also with Gemma 2's attention soft-cap), so attention returns the value. These skip
+# the query, key, rotary embedding and attention kernel (about 1/8 of a Llama block's
+# products); tests compare them with the blocks for every family.
+def _single_position(adapter: ArchitectureAdapter, block: nn.Module, hidden: Tensor) -> Tensor:
+    if adapter.family == "gpt2":
+        return _gpt2_single_position(block, hidden)
+    return _rotary_single_position(adapter, block, hidden)
 
 
 def _check_layer(lm: LanguageModel, layer: int) -> None:
@@ -225,29 +321,28 @@ def resid_from_layer(
     if not blocks:
         return hidden[:, 0]
     if prefix is None and shortcut:
-        single = _SINGLE_POSITION[lm.adapter.family]
         flat = hidden[:, 0]
         with torch.inference_mode(), _autocast(lm, compute_dtype):
             for block in blocks:
-                flat = single(block, flat)
+                flat = _single_position(lm.adapter, block, flat)
         return flat
     position = 0 if prefix is None else prefix.length
-    view = None if prefix is None else _PrefixView(prefix)
+    view = None if prefix is None else _PrefixView(prefix, sliding_windows(lm))
     with torch.inference_mode(), _autocast(lm, compute_dtype):
-        kwargs = _block_kwargs(lm, hidden, position)
-        for block in blocks:
-            hidden = _first(
-                block(hidden, attention_mask=None, past_key_values=view, use_cache=False, **kwargs)
-            )
+        kwargs = _block_kwargs(lm, hidden, position)[layer:]
+        for block, extra in zip(blocks, kwargs, strict=True):
+            cache = {} if view is None else {_cache_keyword(lm.adapter, block): view}
+            hidden = _first(block(hidden, attention_mask=None, **cache, **extra))
     return hidden[:, 0]
 
 
 def readout(lm: LanguageModel, resid: Tensor, *, compute_dtype: torch.dtype | None = None) -> Tensor:
-    """Final norm and unembedding of residual states (B, d) -> logits (B, V)."""
+    """Final norm, unembedding (and the final soft-cap, if any) of states (B, d) -> logits (B, V)."""
     norm = lm.adapter.final_norm_of(lm.model)
     unembed = lm.adapter.unembedding_of(lm.model)
     with torch.inference_mode(), _autocast(lm, compute_dtype):
-        return unembed(norm(resid.to(device=lm.device, dtype=lm.dtype)))
+        logits = unembed(norm(resid.to(device=lm.device, dtype=lm.dtype)))
+        return soft_cap(logits, lm.adapter.softcap_of(lm.model))
 
 
 def run_from_layer(
@@ -296,10 +391,15 @@ class _NormSpec:
     eps: float
 
 
-def _norm_spec(norm: nn.Module, d: int) -> _NormSpec | None:
-    """What the final norm computes, when it is a plain RMSNorm or LayerNorm over ``d``."""
+def _norm_spec(norm: nn.Module, d: int, offset: float = 0.0) -> _NormSpec | None:
+    """What the final norm computes, when it is a plain RMSNorm or LayerNorm over ``d``.
+
+    ``offset`` is added to an RMSNorm weight (Gemma's ``1 + w``).
+    """
     weight = getattr(norm, "weight", None)
     gain = None if weight is None else weight.detach().double().reshape(-1)
+    if gain is not None and not isinstance(norm, nn.LayerNorm):
+        gain = gain + offset
     if gain is not None and gain.numel() != d:
         return None
     if isinstance(norm, nn.LayerNorm):
@@ -317,6 +417,23 @@ def _norm_spec(norm: nn.Module, d: int) -> _NormSpec | None:
     return None
 
 
+def _spec_matches(norm: nn.Module, spec: _NormSpec, d: int, device: torch.device) -> bool:
+    """Whether ``spec`` computes what ``norm`` does on a fixed probe vector (float32, 1e-4)."""
+    probe = torch.randn(2, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    x = probe - probe.mean(dim=1, keepdim=True) if spec.kind == "layer" else probe
+    expected = x / torch.sqrt((x * x).mean(dim=1, keepdim=True) + spec.eps)
+    if spec.gain is not None:
+        expected = expected * spec.gain.cpu()
+    if spec.shift is not None:
+        expected = expected + spec.shift.cpu()
+    with torch.inference_mode():
+        param = next(norm.parameters(), None)
+        dtype = torch.float32 if param is None else param.dtype
+        actual = norm(probe.to(device=device, dtype=dtype)).double().cpu()
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    return bool((actual - expected).abs().max() <= tolerance * max(1.0, float(expected.abs().max())))
+
+
 @dataclass(frozen=True)
 class AffineReadout:
     """Logits of ``h = c + x u + y v`` through final norm + unembedding, without a d x V product.
@@ -325,7 +442,8 @@ class AffineReadout:
     for LayerNorm, centred) ``c, u, v``; ``bias`` (V,) float32 the unembedding
     bias plus the unembedding of the LayerNorm shift; ``gram`` (3, 3) float64
     the Gram matrix of the centred ``c, u, v`` that gives the per-row mean
-    square ``[1, x, y] G [1, x, y]^T / d`` exactly.
+    square ``[1, x, y] G [1, x, y]^T / d`` exactly; ``softcap`` the final
+    logit soft-cap applied elementwise after the product (``None``: none).
     """
 
     basis: Tensor
@@ -334,6 +452,7 @@ class AffineReadout:
     eps: float
     d_model: int
     kind: str
+    softcap: float | None = None
 
     def scale(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-row divisor ``sqrt(mean square + eps)`` (float64, on the CPU)."""
@@ -356,8 +475,12 @@ class AffineReadout:
         """Logits (B, V) float32 for grid coordinates ``x, y`` (B,)."""
         coef = self.coefficients(x, y)
         if out is None:
-            return torch.addmm(self.bias, coef, self.basis)
-        return torch.addmm(self.bias, coef, self.basis, out=out)
+            out = torch.addmm(self.bias, coef, self.basis)
+        else:
+            torch.addmm(self.bias, coef, self.basis, out=out)
+        if self.softcap is not None:
+            out.div_(self.softcap).tanh_().mul_(self.softcap)
+        return out
 
 
 def affine_readout(
@@ -369,10 +492,13 @@ def affine_readout(
     unknown norm subclass may compute something else under the same name).
     """
     d = lm.d_model
-    spec = _norm_spec(lm.adapter.final_norm_of(lm.model), d)
+    norm = lm.adapter.final_norm_of(lm.model)
+    spec = _norm_spec(norm, d, lm.adapter.norm_weight_offset)
     unembed = lm.adapter.unembedding_of(lm.model)
     weight = getattr(unembed, "weight", None)
     if spec is None or not isinstance(unembed, nn.Linear) or weight is None:
+        return None
+    if not _spec_matches(norm, spec, d, lm.device):
         return None
     vectors = torch.stack([torch.as_tensor(t).double().cpu().reshape(-1) for t in (center, u, v)])
     if vectors.shape[1] != d:
@@ -392,5 +518,6 @@ def affine_readout(
     if not torch.isfinite(basis).all() or not math.isfinite(float(gram.abs().max())):
         return None
     return AffineReadout(
-        basis=basis, bias=bias, gram=gram, eps=spec.eps, d_model=d, kind=spec.kind
+        basis=basis, bias=bias, gram=gram, eps=spec.eps, d_model=d, kind=spec.kind,
+        softcap=lm.adapter.softcap_of(lm.model),
     )

@@ -3,8 +3,9 @@
 ``logit_lens`` applies the model's final norm and unembedding to any state of
 width ``d_model`` and returns the top-k tokens with their softmax
 probabilities. Invariants: the model is not modified, probabilities are
-computed in float32 over the whole vocabulary, and memory stays bounded by
-processing states in chunks.
+computed in float32 over the whole vocabulary (after the model's final logit
+soft-cap, if it has one: Gemma 2/3), and memory stays bounded by processing
+states in chunks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from latent_atlas.lm.adapters import soft_cap
 from latent_atlas.lm.loading import LanguageModel
 
 __all__ = ["logit_lens"]
@@ -40,12 +42,13 @@ def logit_lens(
     flat = tensor.reshape(-1, lm.d_model)
     norm = lm.adapter.final_norm_of(lm.model)
     unembed = lm.adapter.unembedding_of(lm.model)
+    cap = lm.adapter.softcap_of(lm.model)
     ids: list[Tensor] = []
     probs: list[Tensor] = []
     with torch.inference_mode():
         for start in range(0, flat.shape[0], chunk):
             part = flat[start : start + chunk].to(device=lm.device, dtype=lm.dtype)
-            logits = unembed(norm(part)).float()
+            logits = soft_cap(unembed(norm(part)).float(), cap)
             p, i = torch.softmax(logits, dim=-1).topk(k, dim=-1)
             ids.append(i.cpu())
             probs.append(p.cpu())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import OPTConfig, OPTForCausalLM
 
 from latent_atlas.lm import (
     ADAPTERS,
@@ -17,6 +17,7 @@ from latent_atlas.lm import (
     load_model,
 )
 from latent_atlas.lm.adapters import GPT2, LLAMA
+from tiny_models import FAMILIES
 
 
 def test_gpt2_modules(tiny_gpt2: LanguageModel) -> None:
@@ -50,22 +51,23 @@ def test_llama_modules(tiny_llama: LanguageModel) -> None:
 
 
 def test_supported_families_are_the_tested_ones() -> None:
-    assert sorted(ADAPTERS) == ["gpt2", "llama"]
+    assert sorted(ADAPTERS) == sorted(FAMILIES)  # each one runs in tests/unit/test_families.py
 
 
 def test_adapter_for_unknown_module() -> None:
-    with pytest.raises(UnsupportedArchitecture, match=r"architecture Linear is not supported \(supported: gpt2, llama\)"):
+    with pytest.raises(UnsupportedArchitecture, match=r"architecture Linear is not supported \(supported: gpt2, llama, "):
         adapter_for(torch.nn.Linear(2, 2))
 
 
 def test_load_unsupported_architecture(tmp_path: Path) -> None:
-    config = GPTNeoXConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    config = OPTConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64,
+        word_embed_proj_dim=32,
     )
-    GPTNeoXForCausalLM(config).save_pretrained(str(tmp_path))
+    OPTForCausalLM(config).save_pretrained(str(tmp_path))
     with pytest.raises(UnsupportedArchitecture) as info:
-        load_model(str(tmp_path), name="neox")
+        load_model(str(tmp_path), name="opt")
     message = str(info.value)
-    assert message.startswith("could not load model 'neox': ")
-    assert "architecture GPTNeoXForCausalLM is not supported (supported: gpt2, llama)" in message
+    assert message.startswith("could not load model 'opt': ")
+    assert "architecture OPTForCausalLM is not supported (supported: gpt2, llama, mistral" in message
     assert isinstance(info.value, ModelLoadError)

@@ -28,7 +28,11 @@ class AffineReducer:
     With ``basis5 = [a; b; e; bias; 1]`` (5, V) and ``coef = [1/s, x/s, y/s, 1, -m]``
     one product gives the logits shifted by any ``m``: first with ``m = 0`` for
     the top-k (which gives the row maximum), then with the maximum, which
-    writes ``z = l - m`` directly instead of a read-modify-write pass.
+    writes ``z = l - m`` directly instead of a read-modify-write pass. With a
+    final logit soft-cap (Gemma 2/3) the capped logits ``cap * tanh(l / cap)``
+    are not affine in the coefficients: one product, the cap in place, then
+    the shift by the row maximum (top-1 is unchanged by the cap, the
+    probabilities and the entropy are not).
     """
 
     def __init__(self, fast: AffineReadout) -> None:
@@ -51,9 +55,15 @@ class AffineReducer:
         coef[:, :3] = coef3
         coef[:, 3] = 1.0
         torch.mm(coef, self.basis5, out=z)
+        cap = self.fast.softcap
+        if cap is not None:
+            z.div_(cap).tanh_().mul_(cap)
         top_v, top_i = topk_rows(z, k)
-        coef[:, 4] = -top_v[:, 0]
-        torch.mm(coef, self.basis5, out=z)
+        if cap is not None:
+            z.sub_(top_v[:, :1])
+        else:
+            coef[:, 4] = -top_v[:, 0]
+            torch.mm(coef, self.basis5, out=z)
         torch.exp(z.clamp_(min=EXP_FLOOR), out=e)
         total = e.sum(dim=1)
         weighted = row_dots(e, z)
