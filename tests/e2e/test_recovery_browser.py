@@ -13,13 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 from browser_helpers import log_in
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.support.ui import WebDriverWait
 
 from harness import Portal, make_backend
 
 pytestmark = pytest.mark.e2e
 
-SLOW = {"model": "tiny-gpt2", "prompts": [f"p{i}" for i in range(400)], "batch_size": 1, "max_tokens": 8}
+# A grid: progress moves batch by batch, and the retry resumes from the finished cells.
+SLOW = {"model": "tiny-gpt2", "layer": 1, "size": 512, "spacing": 0.02, "plane": "random_projection", "seed": 3}
 PASSWORD = "correct-horse-1"
 
 
@@ -45,6 +47,19 @@ def _text(driver, element_id: str) -> str:
         "const e = document.getElementById(arguments[0]); return e ? e.innerText.trim() : '';", element_id)
 
 
+def _wait_for_status(driver, portal: Portal, run_id: str, status: str, timeout: float) -> None:
+    """Wait until the page's badge shows ``status``; on timeout say what the API and the page show."""
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+            lambda d: _text(d, "run-status-badge") == status)
+    except TimeoutException:
+        record = portal.api("GET", f"/api/runs/{run_id}", portal.alice).json()
+        raise AssertionError(
+            f"page shows {_text(driver, 'run-status-badge')!r} ({_text(driver, 'run-stage')!r}); API: "
+            f"{record.get('status')} {record.get('stage')} attempts={record.get('attempt_records')}\n"
+            + portal.logs()) from None
+
+
 def _attempt_cells(driver) -> list[list[str]]:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#run-attempts tbody tr'))"
@@ -53,7 +68,7 @@ def _attempt_cells(driver) -> list[list[str]]:
 
 def test_the_run_page_shows_a_lost_worker_as_it_happens_and_lists_both_attempts(portal, browser):
     log_in(browser, SimpleNamespace(url=portal.url, username="alice", password=PASSWORD))
-    run = portal.submit(portal.alice, SLOW)
+    run = portal.submit(portal.alice, SLOW, kind="grid")
     running = portal.wait_for(run["id"], portal.alice, {"running"}, predicate=lambda r: r["progress"] > 0.05)
     child = running["attempt_records"][0]["pid"]
     browser.get(f"{portal.url}/runs/{run['id']}")
@@ -66,7 +81,7 @@ def test_the_run_page_shows_a_lost_worker_as_it_happens_and_lists_both_attempts(
         wait.until(lambda d: _text(d, "run-heartbeat-warning").startswith("worker lost? no heartbeat for "))
     finally:
         os.kill(child, signal.SIGKILL)
-    wait.until(lambda d: _text(d, "run-status-badge") == "succeeded")
+    _wait_for_status(browser, portal, run["id"], "succeeded", 300)
     assert _text(browser, "run-heartbeat-warning") == ""
     cells = _attempt_cells(browser)
     assert [c[0] for c in cells] == ["1", "2"]
@@ -75,7 +90,7 @@ def test_the_run_page_shows_a_lost_worker_as_it_happens_and_lists_both_attempts(
 
 def test_an_open_run_page_survives_a_web_restart_and_shows_the_end(portal, browser):
     log_in(browser, SimpleNamespace(url=portal.url, username="alice", password=PASSWORD))
-    run = portal.submit(portal.alice, SLOW)
+    run = portal.submit(portal.alice, SLOW, kind="grid")
     portal.wait_for(run["id"], portal.alice, {"running"}, predicate=lambda r: r["progress"] > 0.05)
     browser.get(f"{portal.url}/runs/{run['id']}")
     wait = WebDriverWait(browser, 240, poll_frequency=0.2)
@@ -84,7 +99,7 @@ def test_an_open_run_page_survives_a_web_restart_and_shows_the_end(portal, brows
     portal.kill(portal.web, signal.SIGKILL)  # gunicorn and its workers, while the page polls
     portal.web = portal._spawn("web", "web", "--port", str(portal.port), "--workers", "2")
     portal.wait_healthy()
-    wait.until(lambda d: _text(d, "run-status-badge") == "succeeded")
+    _wait_for_status(browser, portal, run["id"], "succeeded", 300)
     assert [c[0] for c in _attempt_cells(browser)] == ["1"]
     browser.get(f"{portal.url}/runs/{run['id']}")  # and a fresh load of the page, same session
-    wait.until(lambda d: _text(d, "run-status-badge") == "succeeded")
+    _wait_for_status(browser, portal, run["id"], "succeeded", 120)
