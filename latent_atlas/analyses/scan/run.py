@@ -49,7 +49,7 @@ from latent_atlas.lm.loading import LanguageModel
 
 __all__ = ["LENS_CPU_MAX_POINTS", "StoredRunsLike", "capture_frames", "frame_labels", "run_scan"]
 
-LENS_CPU_MAX_POINTS = 8_192
+LENS_CPU_MAX_POINTS = 4_096  # as geometry: on a CPU each decoded point costs a d_model x vocab product
 LENS_CHUNK = 1_024
 
 
