@@ -2,7 +2,9 @@
 
 Invariants: every scatter that can hold one point per latent (UMAP, graph) or
 one per token (the cloud) is WebGL (``Scattergl``) and carries its ids in
-``customdata`` so a click names a latent or a token without a lookup; hover
+``customdata`` so a click names a latent or a token without a lookup; ids are
+plain lists, never numpy arrays (Plotly would send those base64-encoded, and
+``dcc.Graph`` then leaves ``customdata`` out of ``clickData``); hover
 text is built with ``html.escape`` (token strings and labels are user data);
 the graph's edges are one line trace (``None`` between segments), whatever
 their number. ``layout.meta`` says which trace is the highlight, for patches.
@@ -41,8 +43,15 @@ def histogram_figure(edges: np.ndarray, counts: np.ndarray, title: str = "Activa
     widths = edges[1:] - edges[:-1]
     bar = {"type": "bar", "x": centres.tolist(), "y": np.asarray(counts).tolist(), "width": widths.tolist(),
            "marker": {"color": "#1f77b4"}, "hovertemplate": "activation %{x:.3g}<br>%{y} tokens<extra></extra>"}
-    return {"data": [bar], "layout": {"title": {"text": title}, "height": 230, "margin": MARGIN, "bargap": 0,
-                                      "showlegend": False, "xaxis": {"type": "log", "title": {"text": "activation"}},
+    counts = np.asarray(counts)
+    used = np.flatnonzero(counts > 0)
+    xaxis: dict = {"type": "log", "title": {"text": "activation"}}
+    if used.size:  # the shared bins span every latent's range: zoom to this latent's
+        low, high = edges[used[0]], edges[used[-1] + 1]
+        if low > 0:
+            xaxis["range"] = [float(np.log10(low)) - 0.05, float(np.log10(high)) + 0.05]
+    return {"data": [bar], "layout": {"title": {"text": title}, "height": 230, "bargap": 0, "showlegend": False,
+                                      "margin": {"l": 50, "r": 10, "t": 30, "b": 40}, "xaxis": xaxis,
                                       "yaxis": {"title": {"text": "tokens"}}}}
 
 
@@ -61,7 +70,7 @@ def umap_figure(umap: np.ndarray, labels: Sequence[str], *, colour: str, cluster
     traces = []
     if colour == "density" or clusters is None:
         values = np.log10(np.clip(np.asarray(density if density is not None else np.ones(len(umap))), 1e-8, None))
-        traces.append(go.Scattergl(x=umap[:, 0], y=umap[:, 1], mode="markers", customdata=ids, text=hover,
+        traces.append(go.Scattergl(x=umap[:, 0], y=umap[:, 1], mode="markers", customdata=ids.tolist(), text=hover,
                                    hovertemplate="%{text}<extra></extra>", name="latents",
                                    marker={"size": marker_size, "color": values, "colorscale": "Viridis",
                                            "showscale": True, "colorbar": {"title": "log10 density"}}))
@@ -69,13 +78,13 @@ def umap_figure(umap: np.ndarray, labels: Sequence[str], *, colour: str, cluster
     else:
         clusters = np.asarray(clusters)
         member = clusters >= 0
-        traces.append(go.Scattergl(x=umap[member, 0], y=umap[member, 1], mode="markers", customdata=ids[member],
+        traces.append(go.Scattergl(x=umap[member, 0], y=umap[member, 1], mode="markers", customdata=ids[member].tolist(),
                                    text=hover_arr[member].tolist(), hovertemplate="%{text}<extra></extra>",
                                    name="in a cluster",
                                    marker={"size": marker_size, "color": cluster_colour_values(clusters[member]),
                                            "colorscale": "Turbo", "cmin": 0, "cmax": 1}))
         traces.append(go.Scattergl(x=umap[~member, 0], y=umap[~member, 1], mode="markers",
-                                   customdata=ids[~member], text=hover_arr[~member].tolist(),
+                                   customdata=ids[~member].tolist(), text=hover_arr[~member].tolist(),
                                    hovertemplate="%{text}<extra></extra>", name="no cluster",
                                    marker={"size": marker_size, "color": UNCLUSTERED}))
     traces.append(_highlight_trace(umap, highlight, hover))
@@ -125,7 +134,7 @@ def graph_figure(nodes: np.ndarray, xy: np.ndarray, edges: Sequence[tuple[int, i
     traces = [
         go.Scattergl(x=ex, y=ey, mode="lines", hoverinfo="skip", name=f"{edge_name} edges",
                      line={"color": "rgba(120,120,120,0.35)", "width": 1}),
-        go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=nodes, text=hover,
+        go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=nodes.tolist(), text=hover,
                      hovertemplate="%{text}<extra></extra>", name="latents",
                      marker={"size": size, "color": colour, "colorscale": "Turbo", "cmin": 0, "cmax": 1,
                              "line": {"width": 0.5, "color": "#333"}}),
@@ -166,7 +175,7 @@ def cloud_figure(coords: np.ndarray, explained: np.ndarray, *, colour_values: np
     if discrete:
         marker.update(cmin=0, cmax=1)
     axis = [f"PC{i + 1} ({100 * float(explained[i]):.1f}%)" for i in range(dims)]
-    common = {"mode": "markers", "customdata": np.asarray(tokens), "text": _escape_all(hover),
+    common = {"mode": "markers", "customdata": np.asarray(tokens).tolist(), "text": _escape_all(hover),
               "hovertemplate": "%{text}<extra></extra>", "marker": marker, "name": "tokens"}
     if dims == 3:
         fig = go.Figure(go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2], **common))
