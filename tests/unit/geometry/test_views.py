@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,6 +24,25 @@ from webapp.views.geometry import page as geometry_page
 
 COMPONENTS = ["attn_out", "resid_mid", "mlp_out", "resid_post"]
 
+
+
+def _rows(trace) -> list[int]:
+    """The point rows of a trace: the first column of its customdata."""
+    return np.asarray(trace.customdata)[:, 0].astype(int).tolist()
+
+
+def _hover(trace, k: int) -> str:
+    """Point ``k``'s hover label as Plotly writes it from the trace's template."""
+    custom = np.asarray(trace.customdata)[k]
+
+    def field(match: re.Match) -> str:
+        name, fmt = match.group(1), match.group(2)
+        if name == "text":
+            return trace.text[k]
+        value = float(custom[int(re.fullmatch(r"customdata\[(\d)\]", name).group(1))])
+        return format(value, fmt[1:]) if fmt else f"{value:g}"
+
+    return re.sub(r"%\{([^}:]+)(:[^}]*)?\}", field, trace.hovertemplate).replace("<extra></extra>", "")
 
 def synthetic(dims: int = 3, n_layers: int = 4, tokens=None, average: str = "none", lens: bool = True):
     """Arrays laid out like the geometry analysis: layer-major, component, prompt, position."""
@@ -126,7 +146,7 @@ def test_other_colourings_and_the_layer_filter():
     by_norm = gf.layer_evolution_figure(arrays, summary, color_by="norm")
     assert by_norm.layout.coloraxis.colorbar.title.text == "norm (log10)"
     some = gf.layer_evolution_figure(arrays, summary, layers=(1, 2))
-    shown = [int(i) for t in some.data[:4] for i in t.customdata]
+    shown = [int(i) for t in some.data[:4] for i in _rows(t)]
     assert sorted(shown) == np.flatnonzero((arrays["layer"] >= 1) & (arrays["layer"] <= 2)).tolist()
     with pytest.raises(ValueError, match="colour mode"):
         gf.layer_evolution_figure(arrays, summary, color_by="bogus")
@@ -135,19 +155,20 @@ def test_other_colourings_and_the_layer_filter():
 def test_hover_text_escapes_token_strings_and_shows_the_lens():
     arrays, summary = synthetic(tokens=[["<script>", "&amp;", " ok"]])
     fig = gf.layer_evolution_figure(arrays, summary)
-    joined = "\n".join(h for t in fig.data[:4] for h in t.hovertext)
+    joined = "\n".join(_hover(t, k) for t in fig.data[:4] for k in range(len(t.x)))
     assert "<script>" not in joined and "&lt;script&gt;" in joined
     assert "&amp;amp;" in joined  # the literal text "&amp;" stays literal
     assert "<b>Paris" not in joined and "&lt;b&gt;Paris" in joined
-    first = fig.data[0].hovertext[0]
-    assert "prompt 0" in first and "position 0" in first and "layer 0" in first
-    assert "attn_out" in first and "norm" in first and "lens →" in first
+    first = _hover(fig.data[0], 0)
+    assert first.startswith("prompt 0 · position 0<br>token '&lt;script&gt;'<br>lens → ")
+    row = int(_rows(fig.data[0])[0])
+    assert first.endswith(f"<br>layer 0 · attn_out<br>norm {float(arrays['norm'][row]):.4g}")
 
 
 def test_customdata_is_the_point_row():
     arrays, summary = synthetic()
     fig = gf.layer_evolution_figure(arrays, summary)
-    rows = sorted(int(i) for t in fig.data[:4] for i in t.customdata)
+    rows = sorted(int(i) for t in fig.data[:4] for i in _rows(t))
     assert rows == list(range(len(arrays["coords"])))
 
 
@@ -172,7 +193,7 @@ def test_averaged_points_are_labelled_as_means():
     arrays, summary = synthetic(tokens=[["a", "b"], ["c", "d"]], average="samples")
     arrays["prompt_index"][:] = -1
     fig = gf.layer_evolution_figure(arrays, summary)
-    assert "mean over prompts at position 0" in fig.data[0].hovertext[0]
+    assert _hover(fig.data[0], 0).startswith("prompt mean · position 0<br>token (mean over prompts at position 0)")
     assert gf.token_text(summary, 1, -1) == "(mean over positions of prompt 1)"
     assert gf.axis_titles({"reduction": "umap"}, None, 2) == ["UMAP1", "UMAP2"]
 
@@ -188,8 +209,8 @@ def test_attention_is_blue_mlp_red_with_the_separation_score():
     assert mlp.marker.color == gf.MLP_COLOUR == "#d62728"
     rows = gf.attn_mlp_index(arrays)
     assert len(attn.x) + len(mlp.x) == len(rows) == len(arrays["attn_mlp_coords"])
-    assert all(arrays["component"][int(i)] == 0 for i in attn.customdata)
-    assert all(arrays["component"][int(i)] == 2 for i in mlp.customdata)
+    assert all(arrays["component"][int(i)] == 0 for i in _rows(attn))
+    assert all(arrays["component"][int(i)] == 2 for i in _rows(mlp))
     assert "linear accuracy 0.910" in fig.layout.title.text and "silhouette 0.420" in fig.layout.title.text
     names = [t.name for t in fig.data]
     assert "held-out linear accuracy" in names and "silhouette (2D)" in names
@@ -265,7 +286,7 @@ def test_animation_has_a_frame_per_layer_fixed_axes_and_controls(dims):
     fig = gf.animation_figure(arrays, summary)
     assert [f.name for f in fig.frames] == ["0", "1", "2", "3"]
     for frame in fig.frames:
-        rows = [int(i) for t in frame.data for i in t.customdata]
+        rows = [int(i) for t in frame.data for i in _rows(t)]
         assert set(arrays["layer"][rows].tolist()) == {int(frame.name)}
         assert list(frame.traces) == [0, 1, 2, 3]  # the highlight trace is not animated
     labels = [b.label for b in fig.layout.updatemenus[0].buttons]
@@ -300,6 +321,7 @@ def test_highlight_positions_per_view():
 def test_selection_from_click_box_and_lasso_events():
     assert geometry_page.selection_from_event({"points": [{"customdata": 5}, {"customdata": [7]},
                                                          {"customdata": 5}, {"x": 1}]}) == [5, 7]
+    assert geometry_page.selection_from_event({"points": [{"customdata": [9, 3, 12.5, 0, 2]}]}) == [9]
     assert geometry_page.selection_from_event(None) == []
     many = {"points": [{"customdata": i} for i in range(5000)]}
     assert len(geometry_page.selection_from_event(many)) == geometry_page.MAX_SELECTED
@@ -465,8 +487,8 @@ def test_upload_callback_reports_bad_files():
 def test_hiding_position0_leaves_out_those_points():
     arrays, summary = synthetic()
     fig = gf.layer_evolution_figure(arrays, summary, hide_position0=True)
-    rows = [int(i) for t in fig.data[:4] for i in t.customdata]
+    rows = [int(i) for t in fig.data[:4] for i in _rows(t)]
     assert rows and all(arrays["position"][r] != 0 for r in rows)
     assert any(a.text == "position 0 hidden" for a in fig.layout.annotations)
     attn = gf.attention_mlp_figure(arrays, summary, hide_position0=True)
-    assert all(arrays["position"][int(r)] != 0 for t in attn.data[:2] for r in t.customdata)
+    assert all(arrays["position"][int(r)] != 0 for t in attn.data[:2] for r in _rows(t))

@@ -4,8 +4,11 @@ No Dash, no database: the run page, its callbacks and the static export
 (``webapp.render`` via ``webapp.views.geometry.export_figures``) all call
 these. Invariants:
 
-* every point-drawing trace carries ``customdata`` = the point's row in the
-  run's arrays (an int), so a selection in any view names the same points;
+* every point-drawing trace carries ``customdata`` whose first value per point
+  is the point's row in the run's arrays (``point_hover``: rows of row, layer,
+  norm, prompt, position), so a selection in any view names the same points;
+  it stays a JSON list (dcc.Graph reads event customdata from the figure as
+  sent), while coordinates and colours go as binary arrays;
 * every figure ends with one empty trace named ``selected`` (its index is
   ``figure.layout.meta["highlight_trace"]``), which ``highlight`` fills with
   the selected points' positions in that view: linked views patch only it;
@@ -138,6 +141,43 @@ def hover_texts(arrays: Arrays, summary: Summary, index: np.ndarray) -> list[str
             text += f"<br>lens → {top} ({float(lens_probs[i, 0]):.2f})"
         texts.append(text)
     return texts
+
+
+def point_hover(arrays: Arrays, summary: Summary, index: np.ndarray, component: str) -> dict[str, Any]:
+    """Compact hover of the points at ``index`` (one component): trace keywords for Plotly.
+
+    The numbers travel as ``customdata`` rows ``[row, layer, norm (4 significant
+    digits), prompt, position]`` that ``hovertemplate`` formats in the browser;
+    only the strings that differ per point (the escaped token, the lens' top
+    token and, for averaged points, what was averaged) are text. Shows what
+    ``hover_texts`` shows in fewer bytes: the labels and the component name
+    are written once per trace instead of once per point.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    prompts = np.asarray(arrays["prompt_index"])[index]
+    positions = np.asarray(arrays["position"])[index]
+    norms = [float(f"{v:.4g}") for v in np.asarray(arrays["norm"])[index].tolist()]
+    # A JSON list of short numbers, not a binary array: dcc.Graph reads a clicked point's
+    # customdata from the figure as sent, where a binary array is still {"dtype", "bdata"}.
+    custom = [list(values) for values in zip(index.tolist(), np.asarray(arrays["layer"])[index].tolist(), norms,
+                                             prompts.tolist(), positions.tolist(), strict=True)]
+    lens_ids, lens_probs = arrays.get("lens_ids"), arrays.get("lens_probs")
+    averaged = bool(len(index)) and bool((prompts < 0).any() or (positions < 0).any())
+    texts = []
+    for row, prompt, position in zip(index.tolist(), prompts.tolist(), positions.tolist(), strict=True):
+        text = "token " + html_lib.escape(token_label(token_text(summary, prompt, position)), quote=False)
+        if averaged:
+            where = "prompt " + ("mean" if prompt < 0 else str(prompt))
+            text = where + " · position " + ("mean" if position < 0 else str(position)) + "<br>" + text
+        if lens_ids is not None and lens_ids[row, 0] >= 0:
+            top = html_lib.escape(token_label(lens_token(summary, lens_ids[row, 0])), quote=False)
+            text += f"<br>lens → {top} ({float(lens_probs[row, 0]):.2f})"
+        texts.append(text)
+    where = "" if averaged else "prompt %{customdata[3]} · position %{customdata[4]}<br>"
+    name = html_lib.escape(component, quote=False)
+    template = (f"{where}%{{text}}<br>layer %{{customdata[1]}} · {name}<br>"
+                "norm %{customdata[2]:.4g}<extra></extra>")
+    return {"customdata": custom, "text": texts, "hovertemplate": template}
 
 
 def add_note(fig: go.Figure, shown: int, total: int, what: str = "points") -> None:

@@ -56,6 +56,7 @@ from webapp.views.geometry.figure_base import (  # noqa: F401  shared names, re-
     hover_texts,
     lens_token,
     n_layers_of,
+    point_hover,
     shown_index,
     subsample,
     symbol_for,
@@ -93,11 +94,11 @@ def layer_evolution_figure(arrays: Arrays, summary: Summary, *, color_by: str = 
         marker: dict[str, Any] = dict(symbol=symbol_for(name, comp), size=3 if dims == 3 else 6,
                                       opacity=0.85, line=dict(width=0))
         if gradient:
-            marker.update(color=colour_values(arrays, color_by, index).tolist(), coloraxis="coloraxis")
+            marker.update(color=colour_values(arrays, color_by, index).astype(np.float32), coloraxis="coloraxis")
         else:
             marker.update(color=COMPONENT_COLOURS.get(name, "#555"))
-        common = dict(name=name, mode="markers", marker=marker, hoverinfo="text",
-                      hovertext=hover_texts(arrays, summary, index), customdata=index.tolist())
+        common = dict(name=name, mode="markers", marker=marker,
+                      **point_hover(arrays, summary, index, name))
         if dims == 3:
             fig.add_trace(go.Scatter3d(x=coords[index, 0], y=coords[index, 1], z=coords[index, 2],
                                        **common))
@@ -179,8 +180,7 @@ def attention_mlp_figure(arrays: Arrays, summary: Summary, *, layers: tuple[int,
             fig.add_trace(go.Scattergl(
                 x=am_coords[part, 0], y=am_coords[part, 1], mode="markers", name=name,
                 marker=dict(color=colour, size=5, opacity=0.6, line=dict(width=0)),
-                hoverinfo="text", hovertext=hover_texts(arrays, summary, rows[part]),
-                customdata=rows[part].tolist(),
+                **point_hover(arrays, summary, rows[part], "attn_out" if value == ATTN else "mlp_out"),
             ), row=1, col=1)
         explained = arrays.get("attn_mlp_explained")
         titles = axis_titles({"reduction": "pca"}, None if explained is None else np.asarray(explained), 2)
@@ -368,11 +368,11 @@ def animation_figure(arrays: Arrays, summary: Summary, *,
             xyz = dict(x=coords[index, 0], y=coords[index, 1])
             if dims == 3:
                 xyz["z"] = coords[index, 2]
-            out.append(Trace(**xyz, mode="markers", name=name, customdata=index.tolist(),
+            out.append(Trace(**xyz, mode="markers", name=name,
                              marker=dict(color=COMPONENT_COLOURS.get(name, "#555"),
                                          symbol=symbol_for(name, comp), size=3 if dims == 3 else 6,
                                          opacity=0.8),
-                             hoverinfo="text", hovertext=hover_texts(arrays, summary, index)))
+                             **point_hover(arrays, summary, index, name)))
         return out
 
     first = present_layers[0] if present_layers else 0
