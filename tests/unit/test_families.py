@@ -188,3 +188,13 @@ def test_geometry_run(lm: LanguageModel) -> None:
     assert coords.shape[-1] == 2 and np.isfinite(coords).all()
     n_tokens = sum(len(lm.tokenizer(p)["input_ids"]) for p in PROMPTS)
     assert result.arrays["states"].shape == (lm.n_layers * 4 * n_tokens, lm.d_model)
+
+
+def test_a_block_without_the_cache_keyword_is_refused(lm: LanguageModel) -> None:
+    """A keyword the block does not declare would vanish into **kwargs: refuse instead."""
+    ids = lm.tokenizer(CONTEXT)["input_ids"]
+    context = compute_context(lm, ids)
+    wrong = dataclasses.replace(lm.adapter, cache_kwarg="past_key_value_renamed")
+    rows = torch.zeros(1, lm.d_model)
+    with pytest.raises(UnsupportedArchitecture, match="silently"):
+        run_from_layer(dataclasses.replace(lm, adapter=wrong), 0, rows, prefix=context.prefix)
