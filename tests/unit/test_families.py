@@ -198,3 +198,34 @@ def test_a_block_without_the_cache_keyword_is_refused(lm: LanguageModel) -> None
     rows = torch.zeros(1, lm.d_model)
     with pytest.raises(UnsupportedArchitecture, match="silently"):
         run_from_layer(dataclasses.replace(lm, adapter=wrong), 0, rows, prefix=context.prefix)
+
+
+def test_sequential_gpt_neox(tmp_path: Path) -> None:
+    """GPT-NeoX without the parallel residual: resid_mid is a real point (the MLP norm's input)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from tiny_models import VOCAB_SIZE, build_tiny_tokenizer
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, rotary_pct=0.5, use_parallel_residual=False, tie_word_embeddings=False,
+    ))
+    model.save_pretrained(str(tmp_path))
+    build_tiny_tokenizer().save_pretrained(str(tmp_path))
+    lm = load_model(str(tmp_path), name="neox-sequential")
+    block = lm.adapter.blocks_of(lm.model)[0]
+    assert not lm.adapter.is_parallel(block)
+    assert lm.adapter.post_attention_norm_of(block) is block.post_attention_layernorm
+    ids = torch.tensor([lm.tokenizer(CONTEXT)["input_ids"]])
+    assert check_hook_points(lm, ids) < 1e-3
+    capture = capture_points(lm, ids)
+    expected = _own_logits(lm, ids)
+    context = compute_context(lm, ids[0].tolist())
+    for layer in (0, 1, 2):
+        logits = run_from_layer(lm, layer, _state(capture, layer, 2)[:, -1], prefix=context.prefix).float()
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+        single = capture_points(lm, ids[:, :1])
+        state = _state(single, layer, 2)[:, 0]
+        torch.testing.assert_close(resid_from_layer(lm, layer, state),
+                                   resid_from_layer(lm, layer, state, shortcut=False), rtol=1e-5, atol=1e-5)
