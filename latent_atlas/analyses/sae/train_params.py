@@ -77,7 +77,7 @@ class SaeTrainParams(BaseModel):
     architecture: Literal["topk", "batchtopk"] = "topk"
     d_sae: StrictInt = Field(2048, ge=16, le=131_072)
     k: StrictInt = Field(32, ge=1, le=512)
-    training_tokens: StrictInt = Field(300_000, ge=1_000, le=MAX_TRAINING_TOKENS)
+    training_tokens: StrictInt = Field(150_000, ge=1_000, le=MAX_TRAINING_TOKENS)
     eval_tokens: StrictInt = Field(20_000, ge=500, le=MAX_EVAL_TOKENS)
     context_len: StrictInt = Field(128, ge=8, le=2048)
     batch_size: StrictInt = Field(1024, ge=32, le=16_384)

@@ -36,7 +36,7 @@ def test_form_defaults_are_valid_params_in_strict_json_mode() -> None:
     validated = SaeTrainParams.model_validate_json(json.dumps(params), strict=True,
                                                    context={"n_layers": 30, "models": {"smollm2-135m"}})
     assert validated.layer == 12 and validated.corpus.kind == "demo"
-    assert validated.training_tokens == 250_000 and validated.hook_name == "blocks.12.hook_resid_post"
+    assert validated.training_tokens == 150_000 and validated.hook_name == "blocks.12.hook_resid_post"
 
 
 def test_form_errors_name_every_field() -> None:

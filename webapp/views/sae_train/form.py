@@ -2,7 +2,7 @@
 
 Defaults train a browsable SAE on the demo model within minutes on a 2-core
 CPU (README, "Training a demo SAE"): layer 12 of 30, 2,048 TopK latents with
-k = 32, 250k training tokens from the offline demo corpus. The corpus is the
+k = 32, 150k training tokens from the offline demo corpus. The corpus is the
 demo corpus, an uploaded text / JSONL file (saved by the web process under
 ``{data_dir}/corpora/upload-<sha256[:16]>.<ext>``, content-addressed, at most
 ``MAX_UPLOAD_BYTES``) or a Hugging Face dataset. The raw params are exactly
@@ -38,7 +38,7 @@ NUMBERS: dict[str, tuple[str, int, int, int, str]] = {
     "layer": ("Layer", 12, 0, 1000, "the residual stream after this block (0-based)"),
     "d_sae": ("Latents (d_sae)", 2048, 16, 131_072, "width of the SAE"),
     "k": ("k", 32, 1, 512, "latents firing per token (TopK) or on average (BatchTopK)"),
-    "training_tokens": ("Training tokens", 250_000, 1_000, 50_000_000, "250k: about 5 minutes on 2 CPU cores"),
+    "training_tokens": ("Training tokens", 150_000, 1_000, 50_000_000, "150k: a few minutes on 2 CPU cores"),
     "eval_tokens": ("Held-out tokens", 20_000, 500, 2_000_000, "variance explained and L0 are measured here"),
     "context_len": ("Context length", 128, 8, 2048, "tokens per sequence"),
     "batch_size": ("Batch size", 1024, 32, 16_384, "activation rows per training step"),
