@@ -12,8 +12,8 @@ token arrays with ``summary["window"]``, E = edges_k): ``fire_count``, ``density
 ``token_pos``; ``lat_ptr``, ``lat_token``, ``lat_value`` (CSC, memory-mapped on
 temporary files, streamed to the store); ``decoder``; ``umap``, ``cluster_spectral``,
 ``cluster_components``; ``edge_{cosine,jaccard,coact}_{idx,val}``;
-``logit_{top,bottom}_{id,val}``. Shapes and dtypes as in the shared contract
-(/tmp/sae_contract.md, copied in the README's SAE section). Invariant: the model never
+``logit_{top,bottom}_{id,val}``. Shapes and dtypes are the views' contract, checked
+name by name in tests/unit/sae/test_run.py. Invariant: the model never
 runs past the hooked point (``activations.activations_at``; tested by counting calls of
 the later blocks).
 """
