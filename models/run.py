@@ -8,7 +8,9 @@ Invariants:
   so two workers can never both own a run.
 * A run is ``succeeded`` only in the same transaction that records its artifacts.
 * ``params`` are the validated, normalised parameters (JSON); ``params_hash`` is
-  the sha256 of their canonical JSON together with the kind.
+  the sha256 of their canonical JSON together with the kind, the model's
+  catalogue identity and the digests of inputs kept outside the params
+  (``webapp.reuse.key_params``): equal hashes mean a run may be reused.
 * ``started_at`` is the start of the first attempt (a retry never moves it);
   each attempt has its own ``RunAttempt`` row (worker, process, device, start,
   end, outcome), written by the same conditional UPDATEs that change the run.

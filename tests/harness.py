@@ -195,8 +195,11 @@ class Portal:
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
         return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
 
-    def submit(self, token: str, params: dict[str, Any], kind: str = "geometry") -> dict[str, Any]:
-        response = self.api("POST", "/api/runs", token, json={"kind": kind, "params": params})
+    def submit(self, token: str, params: dict[str, Any], kind: str = "geometry",
+               force: bool = True) -> dict[str, Any]:
+        """Submit and expect a new queued run (``force``: an identical earlier run is not reused)."""
+        response = self.api("POST", "/api/runs", token,
+                            json={"kind": kind, "params": params, "force": force})
         assert response.status_code == 201, response.text
         return response.json()
 

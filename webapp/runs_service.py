@@ -8,6 +8,9 @@ Invariants:
 * The row is committed before the task is sent (``workers.dispatch``), so an
   accepted run is never lost even if the broker is down.
 * Only the owner or an admin may cancel; anyone logged in may view.
+* ``submit`` hands back an identical succeeded run (same kind, validated
+  params, model identity and inputs: ``webapp.reuse``) instead of queueing,
+  unless forced; ``submit_run`` always queues a new run.
 * A running run whose heartbeat is older than ``heartbeat_late_after()`` (or
   cleared because Celery reported its worker process dead) is shown as such
   in every form of the run (``heartbeat_state``): the page, ``/runs`` and the
@@ -21,7 +24,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -42,6 +44,7 @@ from models.base import utcnow
 from models.run import RunAttempt
 from models.store import ArtifactStore
 from webapp.model_shape import model_shape
+from webapp.reuse import find_reusable, key_params
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +174,8 @@ def validate_params(kind_name: str, raw: Any) -> Any:
 
 
 def params_hash(kind: str, params: dict[str, Any]) -> str:
-    canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The run key of validated, dumped params (``webapp.reuse.key_params``)."""
+    return key_params(kind, params).params_hash
 
 
 def _clean_title(title: str | None) -> str:
@@ -198,6 +201,14 @@ def _clean_tags(tags: Any) -> list[str]:
     return cleaned
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What a submission gave: a new queued run, or (``reused``) an identical succeeded one."""
+
+    run: Run
+    reused: bool
+
+
 def submit_run(
     user_id: int,
     kind_name: str,
@@ -207,7 +218,27 @@ def submit_run(
     tags: Any = None,
     parent_id: str | None = None,
 ) -> Run:
-    """Validate, insert a queued run and dispatch it. Returns the run."""
+    """Validate, insert a queued run and dispatch it (always a new run). Returns the run."""
+    return submit(user_id, kind_name, raw_params, title=title, tags=tags, parent_id=parent_id,
+                  force=True).run
+
+
+def submit(
+    user_id: int,
+    kind_name: str,
+    raw_params: Any,
+    *,
+    title: str | None = None,
+    tags: Any = None,
+    parent_id: str | None = None,
+    force: bool = False,
+) -> Submitted:
+    """Validate; hand back an identical succeeded run (unless ``force``), else queue a new one.
+
+    A reused run is returned as it is (its own title, tags and owner): nothing
+    is written, queued or stored, and the per-user limit of runs in flight is
+    not consulted (no run is added).
+    """
     from workers.dispatch import dispatch
 
     settings = get_settings()
@@ -216,6 +247,13 @@ def submit_run(
     clean_tags = _clean_tags(tags)
     kind = get_kind(kind_name)
     dumped = params.model_dump(mode="json")
+    keyed = key_params(kind_name, dumped)
+    if not force:
+        with session_scope() as session:
+            found = find_reusable(session, kind_name, keyed)
+            found_id = found.id if found is not None else None
+        if found_id is not None:
+            return Submitted(get_run(found_id), True)
     with session_scope() as session:
         in_flight = session.scalar(
             select(func.count())
@@ -237,7 +275,7 @@ def submit_run(
             kind=kind_name,
             model=str(dumped.get("model", "")),
             params=dumped,
-            params_hash=params_hash(kind_name, dumped),
+            params_hash=keyed.params_hash,
             owner_id=user_id,
             title=clean_title,
             tags=clean_tags,
@@ -250,7 +288,7 @@ def submit_run(
         session.flush()
         run_id = run.id
     dispatch(run_id, kind.queue)
-    return get_run(run_id)
+    return Submitted(get_run(run_id), False)
 
 
 def get_run(run_id: str) -> Run:

@@ -4,6 +4,8 @@ The kind's fields come from its view module (``webapp.views.<kind>.form_fields``
 and are collected through pattern-matching IDs, so a new kind needs no change
 here. Rejections (form or service) are listed in a danger alert as plain text,
 until the next submit or a change of kind or model (they name that form's fields).
+A form identical to a succeeded run (``webapp.reuse``) queues nothing: the page
+offers that run ("open it") or a new one ("run again", a forced submission).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from latent_atlas.analyses import KINDS, AnalysisKind
 from latent_atlas.settings import get_settings
 from webapp import runs_service
 from webapp.components import error_alert
+from webapp.reuse import ago
 from webapp.runs_service import SubmissionError
 from webapp.views import FIELD_TYPE, FormError, form_values, get_view
 
@@ -83,6 +86,7 @@ def layout(kind: str | None = None, **_kwargs):
                                   maxlength=settings.limits.max_title_chars,
                                   placeholder="e.g. capitals, GPT-2 vs SmolLM2"),
                         html.Div(id="new-errors", className="mt-3"),
+                        _reuse_offer(),
                         dbc.Button("Submit run", id="new-submit", color="primary",
                                    class_name="mt-2", n_clicks=0),
                     ]
@@ -94,39 +98,68 @@ def layout(kind: str | None = None, **_kwargs):
     )
 
 
+def _reuse_offer():
+    """Shown when the form matches a succeeded run: open it, or run again (``force``)."""
+    return dbc.Alert(
+        [
+            html.Span(id="new-reuse-text"),
+            html.Div([
+                dcc.Link("Open it", id="new-reuse-open", href="/runs", className="btn btn-primary btn-sm me-2"),
+                dbc.Button("Run again", id="new-again", color="secondary", size="sm", n_clicks=0),
+            ], className="mt-2"),
+        ],
+        id="new-reuse", color="info", is_open=False, class_name="mt-3",
+    )
+
+
 @callback(Output("new-kind-form", "children"), Output("new-errors", "children", allow_duplicate=True),
+          Output("new-reuse", "is_open", allow_duplicate=True),
           Input("new-kind", "value"), prevent_initial_call=True)
 def _switch_kind(kind: str):
-    """Another kind's form; the last rejection spoke of the old form's fields, so it goes."""
-    return kind_form(kind), None
+    """Another kind's form; the last rejection (or offer) spoke of the old form, so it goes."""
+    return kind_form(kind), None, False
 
 
-@callback(Output("new-errors", "children", allow_duplicate=True), Input("new-model", "value"),
+@callback(Output("new-errors", "children", allow_duplicate=True),
+          Output("new-reuse", "is_open", allow_duplicate=True), Input("new-model", "value"),
           prevent_initial_call=True)
 def _switch_model(_model: str):
     """A rejection may depend on the model (token counts, layers): it no longer applies."""
-    return None
+    return None, False
 
 
 @callback(
     Output("new-errors", "children"),
     Output("new-location", "href"),
+    Output("new-reuse", "is_open"),
+    Output("new-reuse-text", "children"),
+    Output("new-reuse-open", "href"),
     Input("new-submit", "n_clicks"),
+    Input("new-again", "n_clicks"),
     State("new-kind", "value"),
     State("new-model", "value"),
     State("new-title", "value"),
     State({"type": FIELD_TYPE, "kind": ALL, "name": ALL}, "value"),
     prevent_initial_call=True,
-    running=[(Output("new-submit", "disabled"), True, False)],
+    running=[(Output("new-submit", "disabled"), True, False),
+             (Output("new-again", "disabled"), True, False)],
 )
-def _submit(_clicks, kind, model, title, _field_values):
+def _submit(_clicks, _again, kind, model, title, _field_values):
+    keep = dash.no_update
     view = get_view(kind or "")
     if view is None:
-        return error_alert([f"unknown run kind {kind!r}"]), dash.no_update
+        return error_alert([f"unknown run kind {kind!r}"]), keep, False, keep, keep
     values = form_values(kind, ctx.states_list[-1])
+    force = ctx.triggered_id == "new-again"
     try:
         params = view.params_from_form(model, values, get_settings().limits)
-        run = runs_service.submit_run(current_user.id, kind, params, title=title)
+        submitted = runs_service.submit(current_user.id, kind, params, title=title, force=force)
     except (FormError, SubmissionError) as exc:
-        return error_alert(exc.messages), dash.no_update
-    return None, f"/runs/{run.id}"
+        return error_alert(exc.messages), keep, False, keep, keep
+    run = submitted.run
+    if submitted.reused:
+        named = f" ({run.title})" if run.title else ""
+        text = (f"Identical to run {run.id}{named}, finished {ago(run.finished_at)}: "
+                "open it, or run again.")
+        return None, keep, True, text, f"/runs/{run.id}"
+    return None, f"/runs/{run.id}", False, keep, keep

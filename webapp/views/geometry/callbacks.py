@@ -208,13 +208,15 @@ def _reproject(clicks, run_info, reduction, dims, unit, exclude0, components, st
         summary, _, params = _run_data(source)
         raw = reproject_params(source, params.get("model") or summary.get("model", ""), reduction, dims,
                                unit, exclude0, components, start, stop, average)
-        child = runs_service.submit_run(current_user.id, "geometry_reproject", raw,
-                                        title=f"re-projection of {source}", parent_id=source)
+        submitted = runs_service.submit(current_user.id, "geometry_reproject", raw,
+                                       title=f"re-projection of {source}", parent_id=source)
     except runs_service.SubmissionError as exc:
         return dash.no_update, html.Span("; ".join(exc.messages), className="text-danger")
     except (LookupError, ValueError) as exc:
         return dash.no_update, html.Span(str(exc), className="text-danger")
-    return f"/runs/{child.id}", html.Span(f"Submitted {child.id}.", className="text-success")
+    child = submitted.run  # an identical re-projection that succeeded before is reused
+    done = "Opened the identical" if submitted.reused else "Submitted"
+    return f"/runs/{child.id}", html.Span(f"{done} {child.id}.", className="text-success")
 
 
 def reproject_params(source: str, model: str, reduction: Any, dims: Any, unit: Any, exclude0: Any,
