@@ -286,39 +286,40 @@ def cmd_sweep(_: argparse.Namespace) -> int:
 # -- API clients ----------------------------------------------------------------
 
 
-def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> bytes:
+def _client(args: argparse.Namespace):
+    """A ``latent_atlas.client.Atlas`` for ``--url`` / ``--token`` (or ``$ATLAS_API_TOKEN``)."""
+    from latent_atlas.client import Atlas
+
     token = args.token or os.environ.get("ATLAS_API_TOKEN")
     if not token:
         raise SystemExit("error: give --token or set ATLAS_API_TOKEN (create one with "
                          "`latent-atlas users token USERNAME`)")
-    url = (args.url or f"http://{get_settings().host}:{get_settings().port}").rstrip("/") + path
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise SystemExit(f"error: {exc.code} {detail}") from None
+    return Atlas(args.url or f"http://{get_settings().host}:{get_settings().port}", token)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from latent_atlas.client import ApiError, RunFailed
+
     params = json.loads(Path(args.params).read_text()) if args.params != "-" else json.load(sys.stdin)
-    body = {"kind": args.kind, "params": params, "title": args.title}
-    run = json.loads(_api(args, "POST", "/api/runs", body))
-    _log(run["id"])
-    if args.wait:
-        while run["status"] in ("queued", "running"):
-            time.sleep(1)
-            run = json.loads(_api(args, "GET", f"/api/runs/{run['id']}"))
-        _log(f"{run['id']} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
-        return 0 if run["status"] == "succeeded" else 1
-    return 0
+    try:
+        run = _client(args).submit(args.kind, params, title=args.title, force=args.force)
+        _log(run.id + (" (identical to a succeeded run: reused)" if run.reused else ""))
+        if not args.wait:
+            return 0
+        run.wait(progress=False, check=False)
+    except ApiError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    _log(str(RunFailed(run.record)) if run.status != "succeeded" else f"{run.id} {run.status}")
+    return 0 if run.status == "succeeded" else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    data = _api(args, "GET", f"/api/runs/{args.run_id}/export?format={args.format}")
+    from latent_atlas.client import ApiError, Run
+
+    try:
+        data = Run(_client(args), record={"id": args.run_id}).export(args.format)
+    except ApiError as exc:
+        raise SystemExit(f"error: {exc}") from None
     output = Path(args.output or f"latent-atlas-{args.run_id}.{args.format}")
     output.write_bytes(data)
     _log(f"wrote {output} ({len(data)} bytes)")
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("params", help="a JSON file of params, or - for stdin")
             command.add_argument("--title")
             command.add_argument("--wait", action="store_true")
+            command.add_argument("--force", action="store_true",
+                                 help="a new run even when an identical one has succeeded")
         else:
             command.add_argument("run_id")
             command.add_argument("--format", choices=["zip", "json", "npz"], default="zip")

@@ -1,5 +1,9 @@
 """The JSON API (``/api``): submit, list, show, cancel and export runs.
 
+``POST /api/runs`` answers 201 with a new queued run (``"reused": false``), or
+200 with an identical succeeded run (``"reused": true``; see ``webapp.reuse``)
+unless the body says ``"force": true``.
+
 Grid runs also export their token map: ``/api/runs/<id>/grid.json`` and
 ``/api/runs/<id>/grid.png`` (``?color=token|probability|entropy``, ``?cell=``
 pixels per cell); see ``webapp.views.grid``.
@@ -66,6 +70,7 @@ class Submission(BaseModel):
     title: str | None = Field(None, max_length=10_000)
     tags: list[str] | None = Field(None, max_length=1_000)
     parent_id: str | None = Field(None, min_length=1, max_length=64)
+    force: bool = False  # true: queue a new run even when an identical one has succeeded
 
 
 class TokenRequest(BaseModel):
@@ -84,15 +89,17 @@ def _validated(model: type[BaseModel], body: dict[str, Any]) -> Any:
 @api.post("/runs")
 def submit():
     body = _validated(Submission, read_json_object())
-    run = runs_service.submit_run(
+    submitted = runs_service.submit(
         request_user().id,
         body.kind,
         body.params,
         title=body.title,
         tags=body.tags,
         parent_id=body.parent_id,
+        force=body.force,
     )
-    return jsonify(runs_service.run_detail(run)), 201
+    detail = {**runs_service.run_detail(submitted.run), "reused": submitted.reused}
+    return jsonify(detail), 200 if submitted.reused else 201
 
 
 @api.get("/tokens")
@@ -251,3 +258,6 @@ _register_scan_routes(api)
 from webapp.views.sae_train.api import register as _register_sae_train_routes  # noqa: E402
 
 _register_sae_train_routes(api)
+from webapp.views.geometry.api import register as _register_geometry_routes  # noqa: E402
+
+_register_geometry_routes(api)
