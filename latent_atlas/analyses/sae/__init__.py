@@ -8,6 +8,11 @@ Modules (one job each; see each module's docstring for its invariants):
   decoder maths every view shares (``decoder_rows``, ``decoder_bias``);
 * ``activations``: the residual stream at one point of one block from a
   forward pass that stops there (no later block runs);
-* ``train``: the ``sae_train`` run (sae-lens's ``SAETrainer`` fed by ``activations``);
-* ``corpus_demo``: the offline demo corpus of natural English.
+* ``train_params`` / ``train``: the ``sae_train`` run's bounded parameters and
+  the run itself (sae-lens's ``SAETrainer`` fed by ``activations``; the SAE
+  stored as ``sae__*`` arrays + ``sae_cfg``, ``write_sae_dir`` writes it back);
+* ``corpus_demo``: the offline demo corpus of natural English (Debian packages).
+
+The harvest's modules (``params``, ``harvest``, ``reducers``, ...) are listed
+in their own docstrings.
 """
