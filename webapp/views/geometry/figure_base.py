@@ -121,37 +121,14 @@ def subsample(index: np.ndarray | int, max_points: int, seed: int = 0) -> np.nda
     return np.sort(rng.choice(index, size=max_points, replace=False))
 
 
-def hover_texts(arrays: Arrays, summary: Summary, index: np.ndarray) -> list[str]:
-    """Escaped hover text of the points at ``index`` (with the lens' top token when known)."""
-    components = component_names(summary)
-    prompts, positions = arrays["prompt_index"], arrays["position"]
-    layers, comps, norms = arrays["layer"], arrays["component"], arrays["norm"]
-    lens_ids, lens_probs = arrays.get("lens_ids"), arrays.get("lens_probs")
-    texts = []
-    for i in index:
-        prompt, position = int(prompts[i]), int(positions[i])
-        name = component_name(components, int(comps[i]))
-        token = html_lib.escape(token_label(token_text(summary, prompt, position)), quote=False)
-        where = "prompt " + ("mean" if prompt < 0 else str(prompt))
-        where += " · position " + ("mean" if position < 0 else str(position))
-        text = (f"{where}<br>token {token}<br>layer {int(layers[i])} · "
-                f"{html_lib.escape(name, quote=False)}<br>norm {float(norms[i]):.4g}")
-        if lens_ids is not None and lens_ids[i, 0] >= 0:
-            top = html_lib.escape(token_label(lens_token(summary, lens_ids[i, 0])), quote=False)
-            text += f"<br>lens → {top} ({float(lens_probs[i, 0]):.2f})"
-        texts.append(text)
-    return texts
-
-
 def point_hover(arrays: Arrays, summary: Summary, index: np.ndarray, component: str) -> dict[str, Any]:
     """Compact hover of the points at ``index`` (one component): trace keywords for Plotly.
 
     The numbers travel as ``customdata`` rows ``[row, layer, norm (4 significant
     digits), prompt, position]`` that ``hovertemplate`` formats in the browser;
     only the strings that differ per point (the escaped token, the lens' top
-    token and, for averaged points, what was averaged) are text. Shows what
-    ``hover_texts`` shows in fewer bytes: the labels and the component name
-    are written once per trace instead of once per point.
+    token and, for averaged points, what was averaged) are text: the labels
+    and the component name are written once per trace, not once per point.
     """
     index = np.asarray(index, dtype=np.int64)
     prompts = np.asarray(arrays["prompt_index"])[index]

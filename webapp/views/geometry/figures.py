@@ -53,7 +53,6 @@ from webapp.views.geometry.figure_base import (  # noqa: F401  shared names, re-
     coords_of,
     finish,
     highlight_trace,
-    hover_texts,
     lens_token,
     n_layers_of,
     point_hover,
