@@ -30,7 +30,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3Config,
     Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
     GemmaConfig,
     GemmaForCausalLM,
@@ -50,6 +52,7 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    SiglipVisionConfig,
 )
 
 __all__ = ["FAMILIES", "N_LAYERS", "D_MODEL", "VOCAB_SIZE", "WINDOW", "build_tiny_model", "build_tiny_tokenizer"]
@@ -61,7 +64,8 @@ EOS = "<|endoftext|>"
 PAD = "<pad>"
 WINDOW = 4  # sliding attention window of the families that have one
 FAMILIES: tuple[str, ...] = (
-    "gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "gpt_neox",
+    "gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+    "gemma3_multimodal", "gpt_neox",
 )
 
 
@@ -124,10 +128,16 @@ def _more_families(family: str) -> PreTrainedModel:
             Gemma2Config(**gemma, sliding_window=WINDOW, final_logit_softcapping=0.3,
                          attn_logit_softcapping=50.0, query_pre_attn_scalar=D_MODEL // N_HEADS)
         )
+    gemma3_text = {**gemma, "sliding_window": WINDOW, "query_pre_attn_scalar": D_MODEL // N_HEADS,
+                   "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
     if family == "gemma3":
-        return Gemma3ForCausalLM(
-            Gemma3TextConfig(**gemma, sliding_window=WINDOW, query_pre_attn_scalar=D_MODEL // N_HEADS,
-                             layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+        return Gemma3ForCausalLM(Gemma3TextConfig(**gemma3_text))
+    if family == "gemma3_multimodal":  # a one-layer vision tower that the text path never runs
+        vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, image_size=28, patch_size=14)
+        return Gemma3ForConditionalGeneration(
+            Gemma3Config(text_config=Gemma3TextConfig(**gemma3_text).to_dict(),
+                         vision_config=vision.to_dict(), mm_tokens_per_image=4)
         )
     if family == "gpt_neox":
         return GPTNeoXForCausalLM(

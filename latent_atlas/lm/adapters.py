@@ -36,6 +36,11 @@ token embedding by sqrt(d_model) inside its embedding module
 (``ScaledWordEmbedding.forward``), so ``token_embedding_of(model)(ids)`` is
 already what enters block 0; its ``.weight`` is unscaled (cosines unaffected).
 
+Multimodal Gemma 3 (``Gemma3ForConditionalGeneration``, the 4B-27B
+checkpoints) is read as its text model: the blocks, norms and rotary table
+live under ``model.language_model`` and the text settings in
+``config.text_config`` (``text_config_of``); images are never fed.
+
 Only families whose adapters are tested are listed in ``ADAPTERS``
 (``tests/unit/test_families.py`` runs every one on a tiny random model).
 """
@@ -49,7 +54,7 @@ from torch import Tensor, nn
 
 from latent_atlas.lm.errors import UnsupportedArchitecture
 
-__all__ = ["ADAPTERS", "ArchitectureAdapter", "GPT2", "LLAMA", "adapter_for", "soft_cap"]
+__all__ = ["ADAPTERS", "ArchitectureAdapter", "GPT2", "LLAMA", "adapter_for", "soft_cap", "text_config_of"]
 
 
 def _resolve(root: nn.Module, path: str) -> nn.Module:
@@ -59,6 +64,11 @@ def _resolve(root: nn.Module, path: str) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise TypeError(f"{path!r} is not a module")
     return module
+
+
+def text_config_of(model: nn.Module) -> object:
+    """The config that describes the text decoder (``config.text_config`` for a multimodal model)."""
+    return model.config.get_text_config()
 
 
 def soft_cap(logits: Tensor, cap: float | None) -> Tensor:
@@ -87,6 +97,7 @@ class ArchitectureAdapter:
     norm_weight_offset: float = 0.0  # RMSNorm gain is offset + weight
     logit_softcap: str | None = None  # config attribute of the final logit soft-capping
     cache_kwarg: str = "cache"  # keyword through which a block takes its key/value cache
+    rotary: str | None = None  # model-level path of the rotary table (default: base_model.rotary_emb)
 
     def blocks_of(self, model: nn.Module) -> list[nn.Module]:
         """The transformer blocks, in order."""
@@ -137,8 +148,14 @@ class ArchitectureAdapter:
         """The final logit soft-cap of this model (``None``: logits are not capped)."""
         if self.logit_softcap is None:
             return None
-        value = getattr(model.config, self.logit_softcap, None)
+        value = getattr(text_config_of(model), self.logit_softcap, None)
         return None if value is None else float(value)
+
+    def rotary_of(self, model: nn.Module) -> nn.Module | None:
+        """The rotary embedding table, or ``None`` (learned positions)."""
+        if self.rotary is not None:
+            return _resolve(model, self.rotary)
+        return getattr(model.base_model, "rotary_emb", None)
 
     def validate(self, model: nn.Module) -> None:
         """Resolve every path once; ``UnsupportedArchitecture`` if one is missing."""
@@ -212,6 +229,11 @@ _GEMMA2_POINTS = {
 }
 GEMMA2 = _llama_like("gemma2", **_GEMMA2_POINTS)
 GEMMA3 = _llama_like("gemma3", **_GEMMA2_POINTS)
+GEMMA3_MULTIMODAL = ArchitectureAdapter(
+    **{**GEMMA3.__dict__, "family": "gemma3_multimodal", "blocks": "model.language_model.layers",
+       "final_norm": "model.language_model.norm", "token_embedding": "model.language_model.embed_tokens",
+       "rotary": "model.language_model.rotary_emb"}
+)
 GPT_NEOX = ArchitectureAdapter(
     family="gpt_neox",
     blocks="gpt_neox.layers",
@@ -227,7 +249,9 @@ GPT_NEOX = ArchitectureAdapter(
 
 ADAPTERS: dict[str, ArchitectureAdapter] = {
     adapter.family: adapter
-    for adapter in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GEMMA, GEMMA2, GEMMA3, GPT_NEOX)
+    for adapter in (
+        GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GEMMA, GEMMA2, GEMMA3, GEMMA3_MULTIMODAL, GPT_NEOX,
+    )
 }
 
 # Model classes known to follow each family's layout (only tested ones).
@@ -241,6 +265,7 @@ _CLASSES: dict[str, ArchitectureAdapter] = {
     "GemmaForCausalLM": GEMMA,
     "Gemma2ForCausalLM": GEMMA2,
     "Gemma3ForCausalLM": GEMMA3,  # text-only Gemma 3 (model_type gemma3_text)
+    "Gemma3ForConditionalGeneration": GEMMA3_MULTIMODAL,  # Gemma 3 4B-27B, text path only
     "GPTNeoXForCausalLM": GPT_NEOX,
 }
 

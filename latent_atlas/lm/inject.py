@@ -58,7 +58,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from latent_atlas.lm.adapters import ADAPTERS, ArchitectureAdapter, soft_cap
+from latent_atlas.lm.adapters import ADAPTERS, ArchitectureAdapter, soft_cap, text_config_of
 from latent_atlas.lm.affine import AffineReadout, affine_readout
 from latent_atlas.lm.errors import UnsupportedArchitecture
 from latent_atlas.lm.loading import LanguageModel
@@ -143,7 +143,7 @@ def sliding_windows(lm: LanguageModel) -> tuple[int | None, ...]:
     mixes layer types (Qwen 2/3, Gemma 2/3), for every layer otherwise
     (Mistral, Phi-3); ``None`` everywhere without a window.
     """
-    config = lm.model.config
+    config = text_config_of(lm.model)
     window = getattr(config, "sliding_window", None)
     if window is None:
         return (None,) * lm.n_layers
@@ -199,14 +199,14 @@ def _block_kwargs(lm: LanguageModel, hidden: Tensor, position: int) -> list[dict
     """Per block: the keyword arguments it needs for a row at ``position`` (rotary embeddings)."""
     if lm.adapter.position_embedding is not None:  # learned positions: already in the residual
         return [{} for _ in range(lm.n_layers)]
-    rotary = getattr(lm.model.base_model, "rotary_emb", None)
+    rotary = lm.adapter.rotary_of(lm.model)
     if rotary is None:
         raise UnsupportedArchitecture(f"a {lm.adapter.family} model without rotary_emb")
     position_ids = torch.full((1, 1), position, dtype=torch.long, device=hidden.device)
     if "layer_type" not in inspect.signature(rotary.forward).parameters:
         shared = {"position_embeddings": rotary(hidden, position_ids), "position_ids": position_ids}
         return [shared] * lm.n_layers
-    types = list(lm.model.config.layer_types)  # one rotary per layer type (Gemma 3)
+    types = list(text_config_of(lm.model).layer_types)  # one rotary per layer type (Gemma 3)
     tables = {kind: rotary(hidden, position_ids, kind) for kind in set(types)}
     return [{"position_embeddings": tables[kind], "position_ids": position_ids} for kind in types]
 

@@ -87,7 +87,7 @@ class LanguageModel:
 
     @property
     def d_model(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.model.config.get_text_config().hidden_size)  # text_config when multimodal
 
     @property
     def vocab_size(self) -> int:

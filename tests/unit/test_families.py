@@ -124,6 +124,7 @@ def test_sliding_windows_follow_the_config(lm: LanguageModel) -> None:
     expected = {
         "mistral": (WINDOW,) * 3, "qwen2": (None, WINDOW, WINDOW), "qwen3": (None, None, WINDOW),
         "gemma2": (WINDOW, None, WINDOW), "gemma3": (WINDOW, None, WINDOW),
+        "gemma3_multimodal": (WINDOW, None, WINDOW),
     }
     assert windows == expected.get(lm.adapter.family, (None,) * 3)
 
