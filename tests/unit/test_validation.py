@@ -22,7 +22,8 @@ def _errors(raw: dict[str, Any], context: dict[str, Any] | None = None) -> list[
 def test_defaults_without_context() -> None:
     params = GeometryParams.model_validate({"model": "anything", "prompts": ["hi"]})
     assert (params.max_tokens, params.average, params.reduction, params.dims) == (32, "none", "pca", 3)
-    assert (params.batch_size, params.seed, params.unit_normalise) == (8, 0, False)
+    # Unit-normalised and fitted without position 0 by default: raw states put 99.6 % on PC1.
+    assert (params.batch_size, params.seed, params.unit_normalise, params.exclude_position0) == (8, 0, True, True)
 
 
 def test_empty_prompt_names_its_index() -> None:
