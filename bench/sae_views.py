@@ -176,6 +176,21 @@ def bench_cloud(data: SaeData, heavy: int = 8) -> None:
           f"{1000 * (time.perf_counter() - t):.0f} ms (first time includes loading the token arrays)")
 
 
+def bench_graph(data: SaeData, k: int = 5) -> None:
+    """The similarity graph of every latent (the "every latent" scope), as the page builds it."""
+    from webapp.views.sae import graph as sg
+    from webapp.views.sae.figures import graph_figure
+
+    idx, val = data.edges("cosine")
+    t = time.perf_counter()
+    sub = sg.everything(data.small["umap"], idx, val, k, 0)
+    fig = graph_figure(sub.nodes, sub.xy, sub.edges, data.labels, node_colour=data.small["cluster_spectral"],
+                       centre=0)
+    size = len(json.dumps(fig.to_plotly_json(), cls=plotly.utils.PlotlyJSONEncoder))
+    print(f"similarity graph of every latent: {len(sub.nodes):,} nodes, {len(sub.edges):,} edges (top-{k}) "
+          f"built + serialised in {1000 * (time.perf_counter() - t):.0f} ms, {size / 1e6:.1f} MB of JSON")
+
+
 def bench_umap_browser(fig_gl, fig_svg, workdir: Path) -> None:
     import os
 
@@ -268,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         data = SaeData("bench", summary, uris, store=store)
         bench_browser(data, store, uris)
         bench_cloud(data)
+        bench_graph(data)
         bench_umap(args.umap_latents, not args.no_browser, workdir)
     return 0
 

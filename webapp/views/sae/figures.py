@@ -6,7 +6,7 @@ one per token (the cloud) is WebGL (``Scattergl``) and carries its ids in
 plain lists, never numpy arrays (Plotly would send those base64-encoded, and
 ``dcc.Graph`` then leaves ``customdata`` out of ``clickData``); hover
 text is built with ``html.escape`` (token strings and labels are user data);
-the graph's edges are one line trace (``None`` between segments), whatever
+the graph's edges are one line trace (a NaN gap between segments), whatever
 their number. ``layout.meta`` says which trace is the highlight, for patches.
 """
 
@@ -114,25 +114,24 @@ def highlight_xy(xy: np.ndarray, latent: int | None) -> dict[str, list]:
 def graph_figure(nodes: np.ndarray, xy: np.ndarray, edges: Sequence[tuple[int, int, float]],
                  labels: Sequence[str], *, node_colour: np.ndarray | None = None, centre: int | None = None,
                  edge_name: str = "cosine", height: int = 560) -> go.Figure:
-    """A similarity graph: nodes ``nodes`` at ``xy`` (one row each), edges as one line trace.
+    """A similarity graph: nodes ``nodes`` at ``xy`` (one row each), edges as one line trace (NaN gaps).
 
     Trace 0 is the edges, trace 1 the nodes (``customdata`` = latent id), trace 2 the centre.
     """
     nodes = np.asarray(nodes, dtype=np.int64)
     xy = np.asarray(xy, dtype=np.float64)
     where = {int(j): i for i, j in enumerate(nodes)}
-    ex, ey = [], []
-    for a, b, _ in edges:
-        ia, ib = where.get(int(a)), where.get(int(b))
-        if ia is None or ib is None:
-            continue
-        ex.extend((xy[ia, 0], xy[ib, 0], None))
-        ey.extend((xy[ia, 1], xy[ib, 1], None))
+    pairs = np.asarray([(where[int(a)], where[int(b)]) for a, b, _ in edges
+                        if int(a) in where and int(b) in where], dtype=np.int64).reshape(-1, 2)
+    gap = np.full(len(pairs), np.nan)
+    # One line trace: x_a, x_b, NaN (a gap) per edge, built without a Python loop over coordinates.
+    ex = np.column_stack([xy[pairs[:, 0], 0], xy[pairs[:, 1], 0], gap]).ravel()
+    ey = np.column_stack([xy[pairs[:, 0], 1], xy[pairs[:, 1], 1], gap]).ravel()
     hover = [f"latent {j}: {label}" for j, label in zip(nodes.tolist(), _escape_all(labels), strict=True)]
     size = 5 if len(nodes) > 2000 else 10
     colour = (cluster_colour_values(node_colour) if node_colour is not None else "#1f77b4")
     traces = [
-        go.Scattergl(x=ex, y=ey, mode="lines", hoverinfo="skip", name=f"{edge_name} edges",
+        go.Scattergl(x=ex, y=ey, mode="lines", hoverinfo="skip", name=f"{edge_name} edges", connectgaps=False,
                      line={"color": "rgba(120,120,120,0.35)", "width": 1}),
         go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=nodes.tolist(), text=hover,
                      hovertemplate="%{text}<extra></extra>", name="latents",
