@@ -11,6 +11,9 @@ Invariants:
   the sha256 of their canonical JSON together with the kind, the model's
   catalogue identity and the digests of inputs kept outside the params
   (``webapp.reuse.key_params``): equal hashes mean a run may be reused.
+* A deleted run keeps its row (``deleted_at``, ``deleted_by_id``) so its page
+  can say so; its artifact rows go, and their files once no row refers to them.
+  Renames, tags, notes, stars and deletion are each recorded as a ``RunEvent``.
 * ``started_at`` is the start of the first attempt (a retry never moves it);
   each attempt has its own ``RunAttempt`` row (worker, process, device, start,
   end, outcome), written by the same conditional UPDATEs that change the run.
@@ -100,14 +103,23 @@ class Run(Base):
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     environment: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    note: Mapped[str] = mapped_column(Text, default="")  # Markdown, rendered escaped
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    deleted_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
 
-    owner: Mapped[User] = relationship(lazy="joined")
+    owner: Mapped[User] = relationship(lazy="joined", foreign_keys=[owner_id])
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="Artifact.name"
     )
     attempt_records: Mapped[list[RunAttempt]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunAttempt.attempt"
     )
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
 
     @property
     def is_terminal(self) -> bool:
@@ -177,3 +189,33 @@ class RunAttempt(Base):
     def duration_s(self) -> float | None:
         end = self.finished_at or (None if self.outcome else utcnow())
         return None if end is None else (end - self.started_at).total_seconds()
+
+
+class RunEvent(Base):
+    """One change to a run by a member (rename, tags, note, star, unstar, delete).
+
+    ``detail`` is the change as JSON (``{"from": ..., "to": ...}``); rows are
+    only ever added, never edited, and go with their run.
+    """
+
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    user: Mapped[User | None] = relationship(lazy="joined")
+
+
+class RunStar(Base):
+    """A member's star on a run (each member stars for themselves)."""
+
+    __tablename__ = "run_stars"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True,
+                                         index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -146,3 +146,11 @@ class ArtifactStore:
 
     def exists(self, uri: str) -> bool:
         return self.fs.exists(self._path(uri))
+
+    def delete(self, uri: str) -> bool:
+        """Remove one stored file; False when it was not there. Callers check no run refers to it."""
+        path = self._path(uri)
+        if not self.fs.exists(path):
+            return False
+        self.fs.rm(path)
+        return True

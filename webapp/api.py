@@ -1,5 +1,11 @@
 """The JSON API (``/api``): submit, list, show, cancel and export runs.
 
+Run management: ``PATCH /api/runs/<id>`` ``{"title", "tags", "note"}`` (owner or
+admin), ``DELETE /api/runs/<id>`` (owner or admin; the record stays, its data goes:
+an export answers 410), ``POST /api/runs/<id>/star`` ``{"starred": bool}`` (anyone,
+for themselves); ``GET /api/runs/<id>`` lists every change (``events``);
+``GET /api/runs?tag=...&starred=true`` filters.
+
 ``POST /api/runs`` answers 201 with a new queued run (``"reused": false``), or
 200 with an identical succeeded run (``"reused": true``; see ``webapp.reuse``)
 unless the body says ``"force": true``.
@@ -27,11 +33,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from webapp import runs_service, users_service
+from webapp import run_management, runs_service, users_service
 from webapp.api_errors import read_json_object
 from webapp.auth import request_user
 from webapp.runs_service import (
     NotAllowed,
+    RunDeleted,
     RunFilter,
     RunNotFound,
     SubmissionError,
@@ -48,6 +55,11 @@ def _error(status: int, error: str, messages: list[str] | None = None):
 @api.errorhandler(RunNotFound)
 def _not_found(exc: RunNotFound):
     return _error(404, f"no run with ID {exc.args[0]!r}")
+
+
+@api.errorhandler(RunDeleted)
+def _gone(exc: RunDeleted):
+    return _error(410, f"run {exc.args[0]} was deleted; its data is gone")
 
 
 @api.errorhandler(NotAllowed)
@@ -71,6 +83,22 @@ class Submission(BaseModel):
     tags: list[str] | None = Field(None, max_length=1_000)
     parent_id: str | None = Field(None, min_length=1, max_length=64)
     force: bool = False  # true: queue a new run even when an identical one has succeeded
+
+
+class RunChange(BaseModel):
+    """The body of ``PATCH /api/runs/<id>``: any of title, tags, note (absent: unchanged)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    title: str | None = Field(None, max_length=10_000)
+    tags: list[str] | None = Field(None, max_length=1_000)
+    note: str | None = Field(None, max_length=100_000)
+
+
+class StarRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    starred: bool
 
 
 class TokenRequest(BaseModel):
@@ -142,6 +170,15 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _bool_arg(name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None or raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise SubmissionError([f"{name}: must be true or false"])
+
+
 @api.get("/runs")
 def list_runs():
     flt = RunFilter(
@@ -150,6 +187,8 @@ def list_runs():
         owner=request.args.get("owner") or None,
         status=request.args.get("status") or None,
         text=request.args.get("q") or None,
+        tag=request.args.get("tag") or None,
+        starred_by=request_user().id if _bool_arg("starred") else None,
         limit=_int_arg("limit", 200, 1, 1000),
         offset=_int_arg("offset", 0, 0, 10**9),
     )
@@ -161,7 +200,29 @@ def show(run_id: str):
     run = runs_service.get_run(run_id)
     detail = runs_service.run_detail(run)
     detail["traceback"] = runs_service.traceback_for(request_user(), run)
+    detail["events"] = run_management.run_events(run.id)
+    detail["starred"] = run.id in run_management.starred_by(request_user().id, [run.id])
     return jsonify(detail)
+
+
+@api.patch("/runs/<run_id>")
+def change(run_id: str):
+    body = _validated(RunChange, read_json_object())
+    run = run_management.update_run(request_user(), run_id, title=body.title, tags=body.tags, note=body.note)
+    return show(run.id)
+
+
+@api.delete("/runs/<run_id>")
+def delete(run_id: str):
+    run = run_management.delete_run(request_user(), run_id)
+    return show(run.id)
+
+
+@api.post("/runs/<run_id>/star")
+def star(run_id: str):
+    body = _validated(StarRequest, read_json_object())
+    run_management.set_star(request_user(), run_id, body.starred)
+    return show(run_id)
 
 
 @api.post("/runs/<run_id>/cancel")
@@ -182,6 +243,8 @@ def export_bundle(run) -> bytes:
 @api.get("/runs/<run_id>/export")
 def export(run_id: str):
     run = runs_service.get_run(run_id)
+    if run.deleted_at is not None:
+        raise RunDeleted(run.id)
     fmt = request.args.get("format", "zip")
     if fmt == "json":
         data, mime, ext = runs_service.export_json(run), "application/json", "json"

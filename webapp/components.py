@@ -116,6 +116,7 @@ def run_row(summary: Mapping[str, Any]) -> dict[str, Any]:
         "created": format_time(summary.get("created_at")),
         "duration_s": summary.get("duration_s"),
         "warning": summary.get("warning") or "",
+        "tags": ", ".join(str(t) for t in summary.get("tags") or []),
     }
 
 

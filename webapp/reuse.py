@@ -12,8 +12,8 @@ Invariants:
 * A run whose inputs cannot be pinned (a Hugging Face hub corpus, streamed
   from a dataset that may change) gets a key but is never reused
   (``KeyedParams.reusable`` is False).
-* Only a ``succeeded`` run of the same kind and key whose artifacts are all
-  still in the store is reused; reuse writes nothing (no row, no file, no
+* Only a ``succeeded``, undeleted run of the same kind and key whose artifacts
+  are all still in the store is reused; reuse writes nothing (no row, no file, no
   GPU time): the submitter is handed the existing run.
 """
 
@@ -107,7 +107,7 @@ def find_reusable(session: Session, kind: str, keyed: KeyedParams) -> Run | None
         select(Run)
         .options(selectinload(Run.artifacts))
         .where(Run.kind == kind, Run.params_hash == keyed.params_hash,
-               Run.status == RunStatus.succeeded.value)
+               Run.status == RunStatus.succeeded.value, Run.deleted_at.is_(None))
         .order_by(Run.finished_at.desc())
         .limit(5)
     )

@@ -34,14 +34,14 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import String, cast, func, select, update
 from sqlalchemy.orm import selectinload
 
 from latent_atlas.analyses import get_kind
 from latent_atlas.settings import get_settings
 from models import Run, RunStatus, User, session_scope
 from models.base import utcnow
-from models.run import RunAttempt
+from models.run import RunAttempt, RunStar
 from models.store import ArtifactStore
 from webapp.model_shape import model_shape
 from webapp.reuse import find_reusable, key_params
@@ -63,6 +63,10 @@ class RunNotFound(LookupError):
 
 class NotAllowed(PermissionError):
     pass
+
+
+class RunDeleted(LookupError):
+    """The run was deleted: its record stays, its arrays are gone."""
 
 
 _tokenizer_lock = threading.Lock()
@@ -337,16 +341,6 @@ def cancel_run(user: User, run_id: str) -> Run:
     return get_run(run_id)
 
 
-def rename_run(user: User, run_id: str, title: str) -> Run:
-    run = get_run(run_id)
-    if not _may_change(user, run):
-        raise NotAllowed("only the run's owner or an admin may rename it")
-    clean = _clean_title(title)
-    with session_scope() as session:
-        session.execute(update(Run).where(Run.id == run_id).values(title=clean))
-    return get_run(run_id)
-
-
 def queue_position(run: Run) -> int | None:
     """1-based position among queued runs of the same queue (None if not queued)."""
     if run.status != RunStatus.queued.value:
@@ -371,6 +365,8 @@ class RunFilter:
     owner: str | None = None
     status: str | None = None
     text: str | None = None
+    tag: str | None = None  # runs carrying this tag
+    starred_by: int | None = None  # runs this user starred
     limit: int = 200
     offset: int = 0
 
@@ -378,9 +374,12 @@ class RunFilter:
 def list_runs(flt: RunFilter = RunFilter()) -> list[dict[str, Any]]:
     """Rows for the runs table / API, newest first (bounded by ``limit`` <= 1000)."""
     limit = max(1, min(int(flt.limit), 1000))
-    query = select(Run).join(Run.owner).order_by(Run.created_at.desc()).limit(limit).offset(
-        max(0, int(flt.offset))
-    )
+    query = (select(Run).join(Run.owner).where(Run.deleted_at.is_(None))
+             .order_by(Run.created_at.desc()).limit(limit).offset(max(0, int(flt.offset))))
+    if flt.tag:  # the JSON text of the list holds the tag as a JSON string, quotes included
+        query = query.where(cast(Run.tags, String).like(f"%{_like_literal(json.dumps(flt.tag))}%", escape="\\"))
+    if flt.starred_by is not None:
+        query = query.where(Run.id.in_(select(RunStar.run_id).where(RunStar.user_id == flt.starred_by)))
     if flt.kind:
         query = query.where(Run.kind == flt.kind)
     if flt.model:
@@ -390,13 +389,17 @@ def list_runs(flt: RunFilter = RunFilter()) -> list[dict[str, Any]]:
     if flt.owner:
         query = query.where(User.username == flt.owner)
     if flt.text:
-        literal = flt.text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{literal}%"
+        pattern = f"%{_like_literal(flt.text.strip())}%"
         query = query.where(
             Run.title.ilike(pattern, escape="\\") | Run.id.ilike(pattern, escape="\\")
         )
     with session_scope() as session:
         return [run_summary(run) for run in session.scalars(query)]
+
+
+def _like_literal(text: str) -> str:
+    """``text`` matched literally by LIKE ... ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _iso(value) -> str | None:
@@ -447,6 +450,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "progress": run.progress,
         "stage": run.stage,
         "title": run.title,
+        "tags": list(run.tags or []),
         "created_at": _iso(run.created_at),
         "duration_s": round(duration, 3) if duration is not None else None,
         "heartbeat_age_s": round(beat.age_s, 1) if beat.age_s is not None else None,
@@ -476,7 +480,8 @@ def run_detail(run: Run) -> dict[str, Any]:
         **run_summary(run),
         "params": run.params,
         "params_hash": run.params_hash,
-        "tags": run.tags,
+        "note": run.note or "",
+        "deleted_at": _iso(run.deleted_at),
         "parent_id": run.parent_id,
         "queue": run.queue,
         "error": run.error,
@@ -515,6 +520,8 @@ def succeeded_children(run_id: str, kind: str) -> list[str]:
 
 
 def load_arrays(run: Run, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    if run.deleted_at is not None:
+        raise RunDeleted(run.id)
     store = ArtifactStore()
     wanted = [a for a in run.artifacts if names is None or a.name in names]
     return {a.name: store.read_array(a.uri) for a in wanted}

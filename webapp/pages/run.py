@@ -14,6 +14,10 @@ dead) shows "worker lost? ..." beside its status as soon as a poll sees it
 (``runs_service.heartbeat_state``); the Reproducibility card lists every
 attempt (worker, device, start, end, outcome, error).
 
+The management card (``webapp.run_manage``): title, tags, a Markdown note
+(escaped), star, delete and the history of changes; a deleted run's page says
+who deleted it and when.
+
 Invariants: anyone logged in may view; the Cancel button is shown to the owner
 and admins only and ``runs_service.cancel_run`` checks again; the traceback is
 only ever obtained through ``runs_service.traceback_for``. Every user string
@@ -30,7 +34,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
 from flask_login import current_user
 
-from webapp import runs_service
+from webapp import run_manage, runs_service
 from webapp.components import (
     attempts_table,
     card,
@@ -101,6 +105,8 @@ def failure_part(run) -> Any:
 
 
 def exports_part(run) -> Any:
+    if run.deleted_at is not None:
+        return html.P("A deleted run has nothing to export.", className="text-muted mb-0")
     formats = EXPORT_FORMATS if run.status == "succeeded" else EXPORT_FORMATS[:1]
     buttons = [
         dbc.Button(f"Download {label}", href=f"/api/runs/{run.id}/export?format={fmt}",
@@ -144,6 +150,8 @@ def record_part(run) -> Any:
 
 
 def view_part(run) -> Any:
+    if run.deleted_at is not None:
+        return html.P("This run was deleted; there is nothing to draw.", className="text-muted")
     if run.status != "succeeded":
         if run.is_terminal:
             verb = "failed" if run.status == "failed" else f"was {run.status}"
@@ -213,6 +221,8 @@ def layout(run_id: str | None = None, **_kwargs):
     return html.Div(
         [
             dcc.Store(id="run-id", data=run.id),
+            dcc.Location(id="run-location", refresh=True),
+            run_manage.deleted_banner(run),
             dcc.Interval(id="run-poll", interval=POLL_MS, disabled=terminal),
             dcc.Store(id="run-finished", data=terminal),
             html.H1(run.title or "Untitled run", className="h3 mb-1", id="run-title"),
@@ -252,6 +262,7 @@ def layout(run_id: str | None = None, **_kwargs):
                 dbc.Col(card("Reproducibility", html.Div(record, id="run-record")), lg=6),
             ]),
             card("Export", html.Div(exports, id="run-exports")),
+            card("Title, tags, note and history", run_manage.manage_part(run, current_user)),
         ],
         id="run-page",
     )

@@ -1,6 +1,7 @@
 """Browse runs: a sortable, filterable grid fed by ``runs_service.list_runs``.
 
-The quick filters go to the service (the database filters); the grid's own
+The quick filters go to the service (the database filters; a tag, and "★ mine":
+the runs the viewer starred); deleted runs are never listed; the grid's own
 column filters and sorting act on the rows shown. The grid refreshes every few
 seconds so running runs move on; the Note column says when a running run's
 heartbeat is late (its worker may be lost and a retry is coming). Titles are
@@ -14,6 +15,7 @@ import dash
 import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
+from flask_login import current_user
 
 from latent_atlas.analyses import KINDS
 from latent_atlas.settings import get_settings
@@ -31,6 +33,7 @@ COLUMNS = [
     {"field": "id_link", "headerName": "ID", "cellRenderer": "markdown", "width": 150,
      "pinned": "left", "cellClass": "font-monospace"},
     {"field": "title", "headerName": "Title", "flex": 2, "minWidth": 160},
+    {"field": "tags", "headerName": "Tags", "width": 150},
     {"field": "kind", "headerName": "Kind", "width": 120},
     {"field": "model", "headerName": "Model", "width": 170},
     {"field": "owner", "headerName": "Owner", "width": 120},
@@ -68,7 +71,11 @@ def _filters():
             dbc.Col(dcc.Dropdown(id="runs-filter-status", options=_options(s.value for s in RunStatus),
                                  placeholder="Status", **select), md=2),
             dbc.Col(dbc.Input(id="runs-filter-text", type="search", debounce=400,
-                              placeholder="Search title or ID"), md=4),
+                              placeholder="Search title or ID"), md=2),
+            dbc.Col(dbc.Input(id="runs-filter-tag", type="search", debounce=400,
+                              placeholder="Tag"), md=1),
+            dbc.Col(dbc.Checklist(id="runs-filter-starred", options=[{"label": "★ mine", "value": "starred"}],
+                                  value=[], switch=True), md=1, class_name="pt-1"),
         ],
         class_name="g-2 mb-3",
     )
@@ -114,9 +121,10 @@ def layout(**_kwargs):
     )
 
 
-def filter_from(kind, model, owner, status, text) -> RunFilter:
+def filter_from(kind, model, owner, status, text, tag=None, starred_by: int | None = None) -> RunFilter:
     return RunFilter(kind=kind or None, model=model or None, owner=owner or None,
-                     status=status or None, text=(text or "").strip() or None, limit=ROW_LIMIT)
+                     status=status or None, text=(text or "").strip() or None,
+                     tag=(tag or "").strip() or None, starred_by=starred_by, limit=ROW_LIMIT)
 
 
 @callback(
@@ -128,9 +136,12 @@ def filter_from(kind, model, owner, status, text) -> RunFilter:
     Input("runs-filter-owner", "value"),
     Input("runs-filter-status", "value"),
     Input("runs-filter-text", "value"),
+    Input("runs-filter-tag", "value"),
+    Input("runs-filter-starred", "value"),
 )
-def _load_rows(_tick, kind, model, owner, status, text):
-    rows = run_rows(runs_service.list_runs(filter_from(kind, model, owner, status, text)))
+def _load_rows(_tick, kind, model, owner, status, text, tag, starred):
+    mine = current_user.id if starred else None
+    rows = run_rows(runs_service.list_runs(filter_from(kind, model, owner, status, text, tag, mine)))
     more = " (the newest; narrow the filters to see older ones)" if len(rows) >= ROW_LIMIT else ""
     return rows, f"{len(rows)} runs{more}"
 
