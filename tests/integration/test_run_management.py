@@ -133,9 +133,10 @@ def test_delete_removes_files_no_run_refers_to(portal, monkeypatch):
         from webapp import run_manage, runs_service
         from webapp.app import create_app
 
-        create_app()  # Dash pages register on an app
+        app = create_app()  # Dash pages register on an app
         from webapp.pages import run as run_page
 
+        _owner_sees_controls(app.server, run_page, runs_service.get_run(fresh.json()["id"]))
         deleted = runs_service.get_run(first["id"])
         banner = run_manage.deleted_banner(deleted)
         assert "deleted by alice" in banner.children and banner.id == "run-deleted"
@@ -146,6 +147,39 @@ def test_delete_removes_files_no_run_refers_to(portal, monkeypatch):
         get_sessionmaker.cache_clear()
         get_engine.cache_clear()
         get_settings.cache_clear()
+
+
+def _ids(component) -> set[str]:
+    """Every component ID in a Dash layout tree."""
+    found, stack = set(), [component]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif hasattr(item, "to_plotly_json"):
+            if getattr(item, "id", None):
+                found.add(item.id)
+            stack.append(getattr(item, "children", None))
+    return found
+
+
+def _owner_sees_controls(server, run_page, run) -> None:
+    """The owner gets the edit and delete controls on the run page; another member only the star."""
+    from flask_login import login_user
+
+    from models import User, session_scope
+
+    with session_scope() as session:
+        users = {u.username: u for u in session.query(User).all()}
+        for user in users.values():
+            session.expunge(user)
+    with server.test_request_context():
+        login_user(users["alice"])
+        owner = _ids(run_page.layout(run.id))
+        login_user(users["bob"])
+        other = _ids(run_page.layout(run.id))
+    assert {"run-star", "run-delete", "run-edit-title", "run-edit-note", "run-history"} <= owner
+    assert "run-star" in other and not {"run-delete", "run-edit-title"} & other
 
 
 def test_the_note_is_markdown_without_html():
