@@ -9,7 +9,8 @@
     arrays = run.arrays()            # {name: numpy array}, the run's NPZ export
     run.summary                      # the run's small summary (dict)
     run.figure("layer-evolution")    # the Plotly figure the run page shows (geometry runs)
-    atlas.runs(kind="geometry", status="succeeded")
+    atlas.runs(kind="geometry", status="succeeded", tag="capitals", starred=True)
+    run.update(title="capitals", tags=["capitals"], note="**PCA**"); run.star(); run.delete()
 
 Invariants: only the standard library, numpy and plotly are imported (no web
 stack, nothing of the portal's server side); every request carries the token
@@ -123,11 +124,12 @@ class Atlas:
         return Run(self, record=self.json("GET", f"/api/runs/{urllib.parse.quote(run_id, safe='')}"))
 
     def runs(self, *, kind: str | None = None, status: str | None = None, model: str | None = None,
-             owner: str | None = None, text: str | None = None, limit: int = 200,
-             offset: int = 0) -> list[Run]:
-        """Runs newest first, filtered as ``/runs`` filters them (short records: ``.refresh()`` for all)."""
-        query = {"kind": kind, "status": status, "model": model, "owner": owner, "q": text,
-                 "limit": limit, "offset": offset}
+             owner: str | None = None, text: str | None = None, tag: str | None = None,
+             starred: bool = False, limit: int = 200, offset: int = 0) -> list[Run]:
+        """Runs newest first, filtered as ``/runs`` filters them (``starred``: the ones you starred;
+        short records: ``.refresh()`` for all)."""
+        query = {"kind": kind, "status": status, "model": model, "owner": owner, "q": text, "tag": tag,
+                 "starred": "true" if starred else None, "limit": limit, "offset": offset}
         return [Run(self, record=row) for row in self.json("GET", "/api/runs", query=query)["runs"]]
 
 
@@ -177,6 +179,23 @@ class Run:
 
     def cancel(self) -> Run:
         self.record = self.atlas.json("POST", self._path + "/cancel")
+        return self
+
+    def update(self, *, title: str | None = None, tags: list[str] | None = None,
+               note: str | None = None) -> Run:
+        """Rename, re-tag and/or annotate the run (owner or admin; ``None``: unchanged)."""
+        body = {k: v for k, v in (("title", title), ("tags", tags), ("note", note)) if v is not None}
+        self.record = self.atlas.json("PATCH", self._path, body)
+        return self
+
+    def star(self, starred: bool = True) -> Run:
+        """Star (or unstar) the run for yourself."""
+        self.record = self.atlas.json("POST", self._path + "/star", {"starred": starred})
+        return self
+
+    def delete(self) -> Run:
+        """Delete the run (owner or admin): its record stays, its arrays go."""
+        self.record = self.atlas.json("DELETE", self._path)
         return self
 
     def wait(self, timeout: float | None = None, *, poll: float = 1.0, progress: bool = True,

@@ -79,6 +79,25 @@ def test_rename_tags_and_note_are_recorded(portal):
     assert portal.api("GET", "/api/runs?tag=pc", portal.bob).json()["runs"] == []  # whole tags only
 
 
+def test_the_client_manages_runs(portal):
+    from latent_atlas.client import ApiError, Atlas
+
+    alice, bob = Atlas(portal.url, portal.alice), Atlas(portal.url, portal.bob)
+    run = alice.run(_done(portal, {**PARAMS, "seed": 3})["id"])
+    run.update(title="by the client", tags=["client"], note="*hi*")
+    assert run.record["title"] == "by the client" and run.record["note"] == "*hi*"
+    assert [r.id for r in bob.runs(tag="client")] == [run.id]
+    bob.run(run.id).star()
+    assert [r.id for r in bob.runs(starred=True)] == [run.id] and alice.runs(starred=True) == []
+    with pytest.raises(ApiError) as refused:
+        bob.run(run.id).delete()
+    assert refused.value.status == 403
+    assert run.delete().record["deleted_at"]
+    with pytest.raises(ApiError) as gone:
+        run.arrays()
+    assert gone.value.status == 410 and "deleted" in str(gone.value)
+
+
 def test_stars_are_each_members_own(portal):
     run = _done(portal, {**PARAMS, "seed": 2})
     starred = portal.api("POST", f"/api/runs/{run['id']}/star", portal.bob, json={"starred": True}).json()
