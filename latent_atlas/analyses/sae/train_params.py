@@ -75,7 +75,7 @@ class SaeTrainParams(BaseModel):
     layer: StrictInt = Field(ge=0, le=1000)
     point: Literal["resid_post", "resid_pre"] = "resid_post"
     architecture: Literal["topk", "batchtopk"] = "topk"
-    d_sae: StrictInt = Field(2048, ge=16, le=131_072)
+    d_sae: StrictInt = Field(1024, ge=16, le=131_072)
     k: StrictInt = Field(32, ge=1, le=512)
     training_tokens: StrictInt = Field(150_000, ge=1_000, le=MAX_TRAINING_TOKENS)
     eval_tokens: StrictInt = Field(20_000, ge=500, le=MAX_EVAL_TOKENS)

@@ -1,7 +1,7 @@
 """The New-run form of kind ``sae_train``: layer, SAE shape, token budget, corpus.
 
 Defaults train a browsable SAE on the demo model within minutes on a 2-core
-CPU (README, "Training a demo SAE"): layer 12 of 30, 2,048 TopK latents with
+CPU (README, "Training a demo SAE"): layer 12 of 30, 1,024 TopK latents with
 k = 32, 150k training tokens from the offline demo corpus. The corpus is the
 demo corpus, an uploaded text / JSONL file (saved by the web process under
 ``{data_dir}/corpora/upload-<sha256[:16]>.<ext>``, content-addressed, at most
@@ -36,7 +36,7 @@ CORPORA = {"demo": "the demo corpus (offline English)", "file": "a text / JSONL 
 # name -> (label, default, minimum, maximum, help); bounds mirror SaeTrainParams
 NUMBERS: dict[str, tuple[str, int, int, int, str]] = {
     "layer": ("Layer", 12, 0, 1000, "the residual stream after this block (0-based)"),
-    "d_sae": ("Latents (d_sae)", 2048, 16, 131_072, "width of the SAE"),
+    "d_sae": ("Latents (d_sae)", 1024, 16, 131_072, "width of the SAE"),
     "k": ("k", 32, 1, 512, "latents firing per token (TopK) or on average (BatchTopK)"),
     "training_tokens": ("Training tokens", 150_000, 1_000, 50_000_000, "150k: a few minutes on 2 CPU cores"),
     "eval_tokens": ("Held-out tokens", 20_000, 500, 2_000_000, "variance explained and L0 are measured here"),
