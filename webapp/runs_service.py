@@ -45,6 +45,7 @@ from models.run import RunAttempt, RunStar
 from models.store import ArtifactStore
 from webapp.model_shape import model_shape
 from webapp.reuse import find_reusable, key_params
+from webapp.sae_runs import sae_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def validate_params(kind_name: str, raw: Any) -> Any:
     if not isinstance(raw, dict):
         raise SubmissionError(["params must be a JSON object"])
     context: dict[str, Any] = {"limits": settings.limits, "models": set(settings.models),
-                               "run_info": run_info}
+                               "run_info": run_info, "sae_run_dir": sae_run_dir}
     model_name = raw.get("model")
     if isinstance(model_name, str) and model_name in settings.models:
         context["count_tokens"] = _token_counter(model_name)

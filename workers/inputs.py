@@ -12,9 +12,6 @@ fails the child.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +59,14 @@ class StoredRuns:
 
     def sae_dir(self, run_id: str) -> Path:
         """The directory holding the SAE that ``sae_train`` run ``run_id`` saved (see the module docstring)."""
-        from latent_atlas.analyses.sae.train import ARRAY_PREFIX, write_sae_dir
+        from latent_atlas.analyses.sae.train import ARRAY_PREFIX, materialise_sae_dir
 
         summary, _, uris = self._read(run_id)
         if "sae_cfg" not in summary:
             raise ValueError(f"run {run_id} saved no SAE (only a sae_train run does)")
-        target = get_settings().data_dir / "cache" / "sae-runs" / run_id
-        if (target / "cfg.json").is_file() and (target / "sae_weights.safetensors").is_file():
-            return target
         store = ArtifactStore()
-        arrays = {name: store.read_array(uri) for name, uri in uris.items() if name.startswith(ARRAY_PREFIX)}
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{run_id}.{uuid.uuid4().hex}"
-        try:
-            write_sae_dir(summary, arrays, staging)
-            try:
-                os.replace(staging, target)
-            except OSError:  # another worker finished first: its copy is identical
-                if not (target / "cfg.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return materialise_sae_dir(
+            summary,
+            lambda: {name: store.read_array(uri) for name, uri in uris.items() if name.startswith(ARRAY_PREFIX)},
+            get_settings().data_dir / "cache" / "sae-runs" / run_id,
+        )

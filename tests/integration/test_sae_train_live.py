@@ -103,3 +103,32 @@ def test_trained_sae_is_stored_and_loads(portal, monkeypatch):
         get_settings.cache_clear()
         get_engine.cache_clear()
         get_sessionmaker.cache_clear()
+
+
+
+def _refused(portal, params, fragment):
+    before = len(portal.api("GET", "/api/runs", portal.token).json()["runs"])
+    response = portal.api("POST", "/api/runs", portal.token, json={"kind": "sae", "params": params})
+    assert response.status_code == 400, response.text
+    assert any(fragment in message for message in response.json()["messages"]), response.json()
+    assert len(portal.api("GET", "/api/runs", portal.token).json()["runs"]) == before
+
+
+def test_a_harvest_of_the_trained_sae_is_checked_before_queueing_and_runs(portal):
+    """The offline path a new user takes: train an SAE, then harvest it by the training run's ID."""
+    trained = portal.submit(portal.token, PARAMS, kind="sae_train")
+    done = portal.wait_for(trained["id"], portal.token, {"succeeded", "failed"}, timeout=300)
+    assert done["status"] == "succeeded", (done.get("error"), portal.logs())
+    harvest = {"model": "tiny-llama", "sae": {"kind": "run", "run_id": trained["id"]},
+               "corpus": {"kind": "prompts", "prompts": ["red fox runs over the hill at dawn"] * 8},
+               "n_tokens": 64, "context_len": 16, "top_k": 4, "window": 2, "edges_k": 4,
+               "umap_neighbors": 4, "batch_tokens": 64}
+    _refused(portal, {**harvest, "sae": {"kind": "run", "run_id": "nosuchrun"}}, "there is no run nosuchrun")
+
+    run = portal.submit(portal.token, harvest, kind="sae")
+    finished = portal.wait_for(run["id"], portal.token, {"succeeded", "failed"}, timeout=300)
+    assert finished["status"] == "succeeded", (finished.get("error"), portal.logs())
+    assert finished["summary"]["d_sae"] == 32 and finished["summary"]["hook_layer"] == 1
+    # A harvest is not a source of SAEs: refused before queueing, naming why.
+    _refused(portal, {**harvest, "sae": {"kind": "run", "run_id": run["id"]}},
+             "an SAE comes from a sae_train run")

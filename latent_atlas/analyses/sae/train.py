@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,8 @@ from latent_atlas.analyses.sae.source import parse_hook_name
 from latent_atlas.analyses.sae.train_params import SaeTrainParams, TrainCorpus, check_layer
 from latent_atlas.lm.loading import LanguageModel
 
-__all__ = ["ARRAY_PREFIX", "evaluate_sae", "load_documents", "run_sae_train", "write_sae_dir"]
+__all__ = ["ARRAY_PREFIX", "evaluate_sae", "load_documents", "materialise_sae_dir", "run_sae_train",
+           "write_sae_dir"]
 
 ARRAY_PREFIX = "sae__"
 SKIP_POSITIONS = 1
@@ -218,6 +222,35 @@ def write_sae_dir(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray], 
     save_numpy(tensors, str(directory / "sae_weights.safetensors"))
     (directory / "cfg.json").write_text(json.dumps(summary["sae_cfg"]))
     return directory
+
+
+def materialise_sae_dir(
+    summary: Mapping[str, Any], load_arrays: Callable[[], Mapping[str, np.ndarray]], target: Path
+) -> Path:
+    """``target`` holding a ``sae_train`` run's SAE as a sae-lens directory, written at most once.
+
+    Invariant: readers never see half a directory. It is written to a staging
+    directory beside ``target`` and renamed into place; when another process
+    won the race its copy is identical and is kept. ``load_arrays`` is only
+    called when the directory is missing.
+    """
+    target = Path(target)
+    if (target / "cfg.json").is_file() and (target / "sae_weights.safetensors").is_file():
+        return target
+    if "sae_cfg" not in summary:
+        raise ValueError("this run saved no SAE (only a sae_train run does)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}"
+    try:
+        write_sae_dir(summary, load_arrays(), staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished first: its copy is identical
+            if not (target / "cfg.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def run_sae_train(params: SaeTrainParams, lm: LanguageModel, progress: Progress) -> Result:
