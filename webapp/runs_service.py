@@ -103,11 +103,16 @@ def _token_counter(model_name: str):
     return count
 
 
+# Pydantic names Python types; a JSON client sent JSON types.
+_JSON_TYPE_MESSAGES = {"dict_type": "must be a JSON object", "model_type": "must be a JSON object",
+                       "list_type": "must be a JSON array"}
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
     messages = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error.get("loc", ()))
-        text = error.get("msg", "invalid value")
+        text = _JSON_TYPE_MESSAGES.get(error.get("type", ""), error.get("msg", "invalid value"))
         if text.startswith("Value error, "):
             text = text[len("Value error, "):]
         messages.append(f"{where}: {text}" if where else text)

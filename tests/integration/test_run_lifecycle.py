@@ -248,11 +248,14 @@ def test_worker_killed_mid_run_ends_in_exactly_one_terminal_state(portal):
 
 def test_login_is_rate_limited_and_wrong_passwords_are_refused(portal):
     import requests
+    from web_app import csrf_from
 
     statuses = []
-    for _ in range(25):  # the limit is 10/minute per address (per web process on memory storage)
-        response = requests.post(portal.url + "/login", data={"username": "alice", "password": "nope"},
-                                 timeout=10, allow_redirects=False)
+    browser = requests.Session()  # the login form carries a CSRF token tied to the session
+    token = csrf_from(browser.get(portal.url + "/login", timeout=10).text)
+    for _ in range(25):  # the limit is 10/minute per address, shared by every web process
+        response = browser.post(portal.url + "/login", timeout=10, allow_redirects=False,
+                                data={"username": "alice", "password": "nope", "csrf_token": token})
         statuses.append(response.status_code)
     assert statuses[0] == 401
     assert 429 in statuses
