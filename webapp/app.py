@@ -72,7 +72,10 @@ def create_server() -> Flask:
 def create_app() -> Dash:
     server = create_server()
     app = Dash(
-        __name__,
+        # The package, not ``__name__``: Dash then imports each page as ``webapp.pages.<page>``, the
+        # name any other import of it uses, so importing a page module elsewhere (a test, a helper)
+        # never registers its path twice ("modules [...] have duplicate paths" on every request).
+        "webapp",
         server=server,
         use_pages=True,
         pages_folder=str(HERE / "pages"),

@@ -83,7 +83,7 @@ def test_bodies_that_are_not_a_json_object(api, body, fragment):
     ({"kind": "geometry", "params": GEOMETRY, "parent_id": 5}, "parent_id"),
     ({"kind": "geometry", "params": GEOMETRY, "titel": "typo"}, "titel: Extra inputs are not permitted"),
     ({"kind": 3, "params": GEOMETRY}, "kind: Input should be a valid string"),
-    ({"kind": "geometry", "params": []}, "params: Input should be a valid dictionary"),
+    ({"kind": "geometry", "params": []}, "params: must be a JSON object"),
     ({"kind": "geometry"}, "params: Field required"),
     ({"kind": "geometry", "params": {**GEOMETRY, "max_tokens": True}},
      "max_tokens: Input should be a valid integer"),
