@@ -67,7 +67,7 @@ class DatabaseStorage(Storage):
         table = RateLimitCounter.__table__
         dialect = get_engine(self.database_url).dialect.name
         if dialect not in ("sqlite", "postgresql"):
-            raise NotImplementedError(f"no rate-limit upsert for {dialect}; use a Redis broker")
+            raise RuntimeError(f"the login limit keeps its counts in SQLite or PostgreSQL, not {dialect}; use a Redis broker")
         insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
         expired = table.c.expires_at <= now
         statement = insert.values(key=key, count=amount, expires_at=now + expiry).on_conflict_do_update(
