@@ -125,7 +125,7 @@ def run_rows(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def heartbeat_warning(warning: str | None) -> html.Span | None:
-    """The run page's "worker lost? ..." note (``runs_service.heartbeat_state``), or None."""
+    """The run page's "worker lost? ..." note (``run_health.heartbeat_state``), or None."""
     if not warning:
         return None
     return html.Span(warning, id="run-heartbeat-warning", className="text-danger fw-semibold me-2")

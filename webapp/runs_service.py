@@ -29,7 +29,6 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -45,6 +44,7 @@ from models.run import RunAttempt, RunStar
 from models.store import ArtifactStore
 from webapp.model_shape import model_shape
 from webapp.reuse import find_reusable, key_params
+from webapp.run_health import heartbeat_state
 from webapp.sae_runs import sae_run_dir
 
 log = logging.getLogger(__name__)
@@ -410,37 +410,6 @@ def _like_literal(text: str) -> str:
 
 def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def heartbeat_late_after() -> float:
-    """Seconds without a heartbeat after which a running run is shown as possibly lost.
-
-    Three missed beats: always below ``stale_after`` (a settings invariant), so
-    the warning shows before the sweeper takes the run over.
-    """
-    return 3 * get_settings().heartbeat_every
-
-
-@dataclass(frozen=True)
-class HeartbeatState:
-    age_s: float | None  # seconds since the last heartbeat; None when there is none
-    stale: bool  # running, and the heartbeat is late or was cleared (worker reported dead)
-    warning: str | None  # what the page says about it
-
-
-def heartbeat_state(status: str, heartbeat_at: datetime | None, now: datetime | None = None,
-                    late_after: float | None = None) -> HeartbeatState:
-    """Whether a run's worker looks lost, from its status and last heartbeat (pure)."""
-    now = now or utcnow()
-    late_after = heartbeat_late_after() if late_after is None else late_after
-    age = None if heartbeat_at is None else max(0.0, (now - heartbeat_at).total_seconds())
-    if status != RunStatus.running.value:
-        return HeartbeatState(age, False, None)
-    if age is None:
-        return HeartbeatState(None, True, "worker lost; retrying")
-    if age > late_after:
-        return HeartbeatState(age, True, f"worker lost? no heartbeat for {age:.0f} s; retrying")
-    return HeartbeatState(age, False, None)
 
 
 def run_summary(run: Run) -> dict[str, Any]:

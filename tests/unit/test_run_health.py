@@ -12,7 +12,7 @@ from billiard.exceptions import WorkerLostError
 
 from models.run import Run, RunAttempt
 from webapp import components
-from webapp.runs_service import heartbeat_state
+from webapp.run_health import heartbeat_state
 from workers.worker_lost import lost_worker_reason
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)

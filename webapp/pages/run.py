@@ -11,7 +11,7 @@ superseded by every next tick and never appear.
 
 A running run whose heartbeat is late (or whose worker process Celery reported
 dead) shows "worker lost? ..." beside its status as soon as a poll sees it
-(``runs_service.heartbeat_state``); the Reproducibility card lists every
+(``run_health.heartbeat_state``); the Reproducibility card lists every
 attempt (worker, device, start, end, outcome, error).
 
 The management card (``webapp.run_manage``): title, tags, a Markdown note
@@ -47,6 +47,7 @@ from webapp.components import (
     status_badge,
     status_colour,
 )
+from webapp.run_health import heartbeat_state
 from webapp.runs_service import NotAllowed, RunNotFound
 from webapp.views import get_view
 
@@ -75,7 +76,7 @@ def status_line(run) -> list[Any]:
                                    id="run-queue-position", className="text-muted me-2"))
     if run.cancel_requested and not run.is_terminal:
         parts.append(html.Span("cancel requested", className="text-warning me-2"))
-    warning = heartbeat_warning(runs_service.heartbeat_state(run.status, run.heartbeat_at).warning)
+    warning = heartbeat_warning(heartbeat_state(run.status, run.heartbeat_at).warning)
     if warning is not None:
         parts.append(warning)
     return parts
