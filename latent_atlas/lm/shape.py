@@ -1,15 +1,23 @@
-"""A model's shape (block count, hidden size) from its config alone, never its weights.
+"""A model's shape (block count, hidden size, vocabulary) from its config alone, never its weights.
 
-``model_shape(source, gguf_file=..., revision=...)`` reads ``config.json``
-(through transformers' ``AutoConfig``) or, for a GGUF file, only the metadata
-at the head of the file: the key/value section is walked in order and the scan
-stops as soon as ``<arch>.block_count`` and ``<arch>.embedding_length`` are
-both seen (llama.cpp writes them before the tokenizer's large arrays), so it
-costs milliseconds where ``gguf.GGUFReader`` parses the whole file.
+This is the one reader of model shapes; the web process adds only a cache per
+catalogue name (``webapp.model_shape``). ``model_shape(source, gguf_file=...,
+revision=...)`` reads ``config.json`` (through transformers' ``AutoConfig``,
+the text config of a multimodal model) or, for a GGUF file, only the metadata
+at the head of the file (``gguf_shape``): the key/value section is walked in
+order, arrays are skipped by seeking, and the walk stops as soon as everything
+wanted has been seen, so it costs milliseconds where ``gguf.GGUFReader`` parses
+the whole file.
 
-Used before anything is queued (an SAE's ``d_in`` against the hidden size, a
-hook layer against the block count); a model whose shape cannot be read gives
-``None`` fields and leaves the check to the worker, which has the model.
+Invariants: a value that cannot be read is ``None`` ("unknown here": the
+worker checks again with the loaded model). The vocabulary size is the number
+of rows of the embedding / unembedding (valid token ids are
+``0 .. vocab_size - 1``): ``config.vocab_size``, or in a GGUF file
+``<arch>.vocab_size`` when present, else the length of ``tokenizer.ggml.tokens``
+(llama.cpp pads that list to the embedding's rows).
+
+Used before anything is queued (layer ranges, token ids, an SAE's ``d_in``
+against the hidden size).
 """
 
 from __future__ import annotations
@@ -17,48 +25,67 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ModelShape", "gguf_header_values", "model_shape"]
+__all__ = ["TOKEN_COUNT", "ModelShape", "gguf_header_values", "gguf_shape", "model_shape"]
 
 # GGUF metadata value types (gguf.GGUFValueType): fixed sizes and struct formats; 8 string, 9 array.
 _GGUF_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                  10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_FLOATS = (6, 12)
+TOKEN_COUNT = "tokenizer.ggml.tokens"  # key of gguf_header_values' token-list length
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """``n_layers`` blocks of hidden size ``d_model``; ``None`` where unknown."""
+    """``n_layers`` blocks of width ``d_model`` over ``vocab_size`` tokens; ``None`` where unknown."""
 
-    n_layers: int | None
-    d_model: int | None
+    n_layers: int | None = None
+    d_model: int | None = None
+    vocab_size: int | None = None
 
 
-def gguf_header_values(path: Path, suffixes: tuple[str, ...]) -> dict[str, int]:
-    """Integer values of ``<arch>.<suffix>`` keys from a GGUF header (those present).
+def gguf_header_values(path: Path, suffixes: tuple[str, ...], *, token_count: bool = False) -> dict[str, int]:
+    """Integer values of the ``<arch>.<suffix>`` keys of a GGUF header (those present).
 
-    Reads only up to the last wanted key; raises ``ValueError`` for a file that
-    is not GGUF.
+    With ``token_count``, the length of the tokenizer's token list is returned
+    under ``TOKEN_COUNT`` (read from the array's header; the list is skipped).
+    The walk stops once every wanted value is seen, except that ``vocab_size``
+    and the token count stand in for each other (either one ends the wait).
+    Raises ``ValueError`` for a file that is not GGUF.
     """
     found: dict[str, int] = {}
+
+    def complete() -> bool:
+        fixed = [s for s in suffixes if s != "vocab_size"]
+        if any(s not in found for s in fixed):
+            return False
+        vocab_wanted = "vocab_size" in suffixes or token_count
+        return not vocab_wanted or "vocab_size" in found or TOKEN_COUNT in found
+
     with open(path, "rb") as handle:
-        def read(fmt: str) -> tuple:
+        def read(fmt: str) -> tuple[Any, ...]:
             return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))
 
         def string() -> str:
             (length,) = read("<Q")
             return handle.read(length).decode("utf-8", "replace")
 
+        def skip_array(item: int, count: int) -> None:
+            if item in _GGUF_FORMATS:
+                handle.seek(struct.calcsize(_GGUF_FORMATS[item]) * count, 1)
+            else:
+                for _ in range(count):
+                    skip(item)
+
         def skip(kind: int) -> None:
-            if kind == 8:
+            if kind == _GGUF_STRING:
                 (length,) = read("<Q")
                 handle.seek(length, 1)
-            elif kind == 9:
+            elif kind == _GGUF_ARRAY:
                 item, count = read("<IQ")
-                if item in _GGUF_FORMATS:
-                    handle.seek(struct.calcsize(_GGUF_FORMATS[item]) * count, 1)
-                else:
-                    for _ in range(count):
-                        skip(item)
+                skip_array(item, count)
             elif kind in _GGUF_FORMATS:
                 handle.seek(struct.calcsize(_GGUF_FORMATS[kind]), 1)
             else:
@@ -72,38 +99,48 @@ def gguf_header_values(path: Path, suffixes: tuple[str, ...]) -> dict[str, int]:
         for _ in range(n_kv):
             key = string()
             (kind,) = read("<I")
-            if key == "general.architecture" and kind == 8:
-                arch = string()
-                continue
             suffix = key[len(arch) + 1:] if arch is not None and key.startswith(f"{arch}.") else None
-            if suffix in suffixes and kind in _GGUF_FORMATS and kind not in (6, 12):
+            if key == "general.architecture" and kind == _GGUF_STRING:
+                arch = string()
+            elif suffix in suffixes and kind in _GGUF_FORMATS and kind not in _FLOATS:
                 found[suffix] = int(read(_GGUF_FORMATS[kind])[0])
-                if len(found) == len(suffixes):
-                    break
+            elif token_count and key == TOKEN_COUNT and kind == _GGUF_ARRAY:
+                item, count = read("<IQ")
+                found[TOKEN_COUNT] = int(count)
+                skip_array(item, count)
             else:
                 skip(kind)
+            if complete():
+                break
     return found
 
 
-def model_shape(source: str, *, gguf_file: str | None = None, revision: str | None = None) -> ModelShape:
-    """The block count and hidden size of a model directory, hub id or GGUF file.
+def gguf_shape(path: Path) -> ModelShape:
+    """Block count, hidden size and vocabulary size from a GGUF file's metadata (see the module docstring)."""
+    values = gguf_header_values(path, ("block_count", "embedding_length", "vocab_size"), token_count=True)
+    vocab = values.get("vocab_size", values.get(TOKEN_COUNT))
+    return ModelShape(values.get("block_count"), values.get("embedding_length"), vocab)
 
-    A GGUF file must be local (a hub GGUF would be downloaded): otherwise both
-    fields are ``None``. Errors reading a config propagate to the caller.
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def model_shape(source: str, *, gguf_file: str | None = None, revision: str | None = None) -> ModelShape:
+    """The shape of a model directory, hub id or GGUF file.
+
+    A GGUF file must be local (a hub GGUF would be downloaded): otherwise every
+    field is ``None``. Errors reading a config or a header propagate.
     """
     if gguf_file is not None:
         path = Path(source) / gguf_file
-        if not path.is_file():
-            return ModelShape(None, None)
-        values = gguf_header_values(path, ("block_count", "embedding_length"))
-        return ModelShape(values.get("block_count"), values.get("embedding_length"))
+        return gguf_shape(path) if path.is_file() else ModelShape()
     from transformers import AutoConfig
 
     kwargs = {"revision": revision} if revision else {}
     config = AutoConfig.from_pretrained(source, **kwargs).get_text_config()
-    n_layers = getattr(config, "num_hidden_layers", None)
-    d_model = getattr(config, "hidden_size", None)
     return ModelShape(
-        int(n_layers) if n_layers is not None else None,
-        int(d_model) if d_model is not None else None,
+        _int_or_none(getattr(config, "num_hidden_layers", None)),
+        _int_or_none(getattr(config, "hidden_size", None)),
+        _int_or_none(getattr(config, "vocab_size", None)),
     )

@@ -395,7 +395,7 @@ def test_validate_params_knows_the_block_count(monkeypatch, tiny_gpt2_dir):
 def test_gguf_shape_reads_the_header(tmp_path):
     import gguf
 
-    from webapp.model_shape import ModelShape, gguf_shape
+    from latent_atlas.lm.shape import ModelShape, gguf_shape
 
     path = tmp_path / "m.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
