@@ -10,7 +10,7 @@ Every process (web, worker, CLI, tests) reads its configuration from
   restarts.
 * A user may only run models named in ``models`` (the admin's catalogue).
 
-Nested values (``models``, ``saes``, ``limits``) are given as JSON, e.g.
+Nested values (``models``, ``saes``, ``limits``, ``interactive``, ``fair_share``) are given as JSON, e.g.
 ``ATLAS_LIMITS='{"max_prompts": 64}'`` or ``ATLAS_LIMITS__MAX_PROMPTS=64``.
 """
 
@@ -57,6 +57,53 @@ class Limits(BaseModel):
     max_sae_tokens: int = Field(2_000_000, ge=1, le=100_000_000)
     max_concurrent_runs_per_user: int = Field(8, ge=1)
     max_title_chars: int = Field(200, ge=1)
+
+
+class InteractiveLane(BaseModel):
+    """The ``interactive`` lane: small on-demand runs that never wait behind long ones.
+
+    A run enters the lane only when its kind is interactive-capable and its size is
+    within these bounds (``latent_atlas.analyses.lanes``); anything larger goes to
+    its kind's normal queue. A lane task carries its own soft/hard time limits
+    (seconds), far below the long-job ones. ``gpu_memory_fraction`` is the share
+    of one GPU that ``latent-atlas up`` gives the interactive worker (the long-job
+    worker gets ``0.95`` minus it).
+    """
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    max_lens_points: int = Field(256, ge=1, le=2_000)  # a geometry_lens decode of at most this many points
+    max_reproject_states: int = Field(50_000, ge=1, le=1_000_000)  # a PCA re-projection of at most these states
+    max_umap_states: int = Field(3_000, ge=0, le=200_000)  # a UMAP re-projection (0: UMAP never enters)
+    soft_time_limit: int = Field(60, ge=1, le=3600)
+    hard_time_limit: int = Field(90, ge=2, le=3900)
+    gpu_memory_fraction: float = Field(0.2, gt=0.0, lt=0.95)
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> InteractiveLane:
+        if self.hard_time_limit <= self.soft_time_limit:
+            raise ValueError("interactive.hard_time_limit must exceed interactive.soft_time_limit")
+        if self.max_umap_states > self.max_reproject_states:
+            raise ValueError("interactive.max_umap_states must not exceed interactive.max_reproject_states")
+        return self
+
+
+class FairShare(BaseModel):
+    """How the gated ``gpu`` queue orders queued runs (``workers.fair_share``).
+
+    ``order`` "fair": the member with the least recent GPU time (each second
+    weighted by 0.5 ** (age / ``half_life_s``), divided by the member's share
+    weight) goes next, and within a member runs estimated at most
+    ``small_run_s`` go before longer ones; "fifo": submission order (the
+    baseline of ``bench/fair_share.py``).
+    """
+
+    model_config = {"extra": "forbid"}
+
+    half_life_s: float = Field(3600.0, ge=60.0, le=30 * 86400.0)
+    small_run_s: float = Field(60.0, ge=1.0, le=86400.0)
+    order: Literal["fair", "fifo"] = "fair"
 
 
 class SaeEntry(BaseModel):
@@ -118,6 +165,12 @@ class Settings(BaseSettings):
     saes: dict[str, SaeEntry] = Field(default_factory=dict)
     default_model: str = DEMO_MODEL_NAME
     limits: Limits = Field(default_factory=Limits)
+    # Dispatch order of the gpu queue (ATLAS_FAIR_SHARE__ORDER=fifo, ATLAS_FAIR_SHARE__HALF_LIFE_S=...).
+    fair_share: FairShare = Field(default_factory=FairShare)
+    interactive: InteractiveLane = Field(default_factory=InteractiveLane)
+    # This process's cap on one CUDA device's memory (torch.cuda.set_per_process_memory_fraction),
+    # applied by a worker before it loads a model; None: no cap. Ignored off CUDA.
+    gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0)
 
     # Worker reliability (seconds). Invariant: broker visibility timeout >
     # hard time limit > soft time limit, and stale_after > 3 * heartbeat_every.
@@ -162,8 +215,8 @@ class Settings(BaseSettings):
 
     @property
     def visibility_timeout(self) -> int:
-        """Broker redelivery timeout: always above the hard time limit."""
-        return self.hard_time_limit + 600
+        """Broker redelivery timeout: always above the hard time limits (long jobs and the interactive lane)."""
+        return max(self.hard_time_limit, self.interactive.hard_time_limit) + 600
 
     def model_source(self, name: str) -> ModelEntry:
         """The catalogue entry for ``name`` with ``{data_dir}`` resolved.

@@ -5,6 +5,7 @@ run; the broker is only transport.
 """
 
 from models.base import Base
+from models.dispatch import DispatchLock, WorkerSlot
 from models.rate_limit import RateLimitCounter
 from models.run import TERMINAL_STATUSES, Artifact, Run, RunStatus
 from models.session import get_engine, get_sessionmaker, session_scope
@@ -14,11 +15,13 @@ __all__ = [
     "ApiToken",
     "Artifact",
     "Base",
+    "DispatchLock",
     "RateLimitCounter",
     "Run",
     "RunStatus",
     "TERMINAL_STATUSES",
     "User",
+    "WorkerSlot",
     "get_engine",
     "get_sessionmaker",
     "session_scope",

@@ -82,6 +82,8 @@ class Run(Base):
         ForeignKey("runs.id", ondelete="SET NULL"), nullable=True
     )
     queue: Mapped[str] = mapped_column(String(32), default="gpu")
+    # Admin "move": a higher priority is dispatched first, before fair share (workers.fair_share).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.queued.value, index=True)

@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -20,6 +20,8 @@ from models.base import Base, UTCDateTime, utcnow
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{2,64}$"
 MIN_PASSWORD_LENGTH = 8
+SHARE_WEIGHT_BOUNDS = (0.1, 100.0)
+DAILY_CAP_BOUNDS = (60, 86_400)
 
 
 class User(Base):
@@ -33,6 +35,11 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Raised on logout, password change and disable: every older session cookie stops working.
     session_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Fair share (workers.fair_share): weight 2 gets twice the GPU time of weight 1
+    # (bounds SHARE_WEIGHT_BOUNDS); a daily cap of GPU-seconds (UTC day) holds the member's
+    # gpu runs once reached (None: no cap; bounds DAILY_CAP_BOUNDS).
+    share_weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    daily_gpu_cap_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
