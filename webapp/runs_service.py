@@ -6,7 +6,10 @@ Invariants:
   and a token counter) before a row is written; a rejected submission writes
   nothing and raises ``SubmissionError`` with human-readable messages.
 * The row is committed before the task is sent (``workers.dispatch``), so an
-  accepted run is never lost even if the broker is down.
+  accepted run is never lost even if the broker is down. A gpu run is sent
+  by the dispatcher when a worker slot is free, in fair-share order; a queued
+  run's position, estimated start and any hold come from that same plan
+  (``webapp.run_queue``).
 * Only the owner or an admin may cancel; anyone logged in may view.
 * ``submit`` hands back an identical succeeded run (same kind, validated
   params, model identity and inputs: ``webapp.reuse``) instead of queueing,
@@ -42,9 +45,11 @@ from models import Run, RunStatus, User, session_scope
 from models.base import utcnow
 from models.run import RunAttempt, RunStar
 from models.store import ArtifactStore
+from webapp.lanes import queue_for
 from webapp.model_shape import model_shape
 from webapp.reuse import find_reusable, key_params
 from webapp.run_health import heartbeat_state
+from webapp.run_queue import add_queue_fields, queue_fields, queue_position  # noqa: F401  (pages use it)
 from webapp.sae_runs import sae_run_dir
 
 log = logging.getLogger(__name__)
@@ -249,13 +254,12 @@ def submit(
     is written, queued or stored, and the per-user limit of runs in flight is
     not consulted (no run is added).
     """
-    from workers.dispatch import dispatch
+    from workers.dispatch import dispatch_submitted
 
     settings = get_settings()
     params = validate_params(kind_name, raw_params)
     clean_title = _clean_title(title)
     clean_tags = _clean_tags(tags)
-    kind = get_kind(kind_name)
     dumped = params.model_dump(mode="json")
     keyed = key_params(kind_name, dumped)
     if not force:
@@ -290,14 +294,14 @@ def submit(
             title=clean_title,
             tags=clean_tags,
             parent_id=parent_id,
-            queue=kind.queue,
+            queue=queue_for(session, kind_name, dumped),  # the interactive lane when small (webapp.lanes)
             status=RunStatus.queued.value,
             stage="queued",
         )
         session.add(run)
         session.flush()
-        run_id = run.id
-    dispatch(run_id, kind.queue)
+        run_id, queue = run.id, run.queue
+    dispatch_submitted(run_id, queue)  # gpu: the dispatcher sends it when a slot is free, in fair-share order
     return Submitted(get_run(run_id), False)
 
 
@@ -320,7 +324,7 @@ def _may_change(user: User, run: Run) -> bool:
 
 def cancel_run(user: User, run_id: str) -> Run:
     """Cancel a queued run at once, or ask a running one to stop between batches."""
-    from workers.dispatch import revoke
+    from workers.dispatch import GATED_QUEUE, dispatch_pending_quietly, revoke
 
     run = get_run(run_id)
     if not _may_change(user, run):
@@ -344,24 +348,9 @@ def cancel_run(user: User, run_id: str) -> Run:
             )
     if result.rowcount == 1:
         revoke(run.task_id)
+        if run.queue == GATED_QUEUE and run.dispatched_at is not None:
+            dispatch_pending_quietly()  # the slot it held is free
     return get_run(run_id)
-
-
-def queue_position(run: Run) -> int | None:
-    """1-based position among queued runs of the same queue (None if not queued)."""
-    if run.status != RunStatus.queued.value:
-        return None
-    with session_scope() as session:
-        ahead = session.scalar(
-            select(func.count())
-            .select_from(Run)
-            .where(
-                Run.status == RunStatus.queued.value,
-                Run.queue == run.queue,
-                Run.created_at < run.created_at,
-            )
-        )
-    return int(ahead) + 1
 
 
 @dataclass(frozen=True)
@@ -400,7 +389,8 @@ def list_runs(flt: RunFilter = RunFilter()) -> list[dict[str, Any]]:
             Run.title.ilike(pattern, escape="\\") | Run.id.ilike(pattern, escape="\\")
         )
     with session_scope() as session:
-        return [run_summary(run) for run in session.scalars(query)]
+        rows = [run_summary(run) for run in session.scalars(query)]
+    return add_queue_fields(rows)
 
 
 def _like_literal(text: str) -> str:
@@ -470,7 +460,7 @@ def run_detail(run: Run) -> dict[str, Any]:
         "timings": run.timings,
         "environment": run.environment,
         "summary": run.summary,
-        "queue_position": queue_position(run),
+        **queue_fields(run),
         "attempt_records": [attempt_record(a) for a in run.attempt_records],
         "artifacts": [
             {"name": a.name, "dtype": a.dtype, "shape": a.shape, "bytes": a.nbytes, "sha256": a.sha256}

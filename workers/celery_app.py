@@ -9,21 +9,46 @@ Invariants (DESIGN.md, job lifecycle):
   the soft one (the soft limit ends a run cleanly as ``failed``).
 * Importing this module never imports torch or touches CUDA: the web process
   imports it to dispatch.
+* Every message sent to the ``interactive`` queue carries the lane's soft/hard
+  time limits (``settings.interactive``), whoever sends it (submit, dispatcher,
+  sweeper): ``AtlasCelery.send_task`` adds them unless the caller gave its own.
+  A worker applies a message's limits over its defaults (prefork pool).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
-from latent_atlas.settings import get_settings
+from latent_atlas.settings import Settings, get_settings
 
 EXECUTE_TASK = "atlas.execute_run"
-QUEUES = ("gpu", "cpu")
+INTERACTIVE_QUEUE = "interactive"  # latent_atlas.analyses.lanes.INTERACTIVE
+QUEUES = ("gpu", "cpu", INTERACTIVE_QUEUE)
+
+
+def lane_time_limits(queue: str | None, settings: Settings | None = None) -> dict[str, int]:
+    """Celery's ``soft_time_limit``/``time_limit`` options for a task on ``queue`` ({} off the lane)."""
+    if queue != INTERACTIVE_QUEUE:
+        return {}
+    lane = (settings or get_settings()).interactive
+    return {"soft_time_limit": lane.soft_time_limit, "time_limit": lane.hard_time_limit}
+
+
+class AtlasCelery(Celery):
+    """Celery whose ``send_task`` gives a task on the interactive queue the lane's time limits."""
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        for key, value in lane_time_limits(options.get("queue")).items():
+            if options.get(key) is None:
+                options[key] = value
+        return super().send_task(name, args, kwargs, **options)
 
 
 def make_celery() -> Celery:
     settings = get_settings()
-    app = Celery("latent_atlas", broker=settings.broker_url, include=["workers.tasks"])
+    app = AtlasCelery("latent_atlas", broker=settings.broker_url, include=["workers.tasks"])
     if settings.broker_url.startswith("sqla+"):
         # kombu hands the SQL transport's options to create_engine(); it polls
         # every second and has no visibility timeout (the sweeper covers that).

@@ -7,6 +7,10 @@ kind gets ``checkpoint=StoreCheckpoint(run_id)``, so a retried attempt skips
 the pieces an earlier one finished. The pieces are removed once this worker
 has ended the run (succeeded, failed or cancelled), not when it lost the run.
 
+A worker that ended a gpu run (succeeded, failed or cancelled) calls the
+dispatcher right after the terminal write, so the freed slot takes the next
+run in fair-share order at once (``workers.dispatch.dispatch_pending``).
+
 The Celery task is a thin wrapper around ``execute_run``. Every way out of a
 claimed run ends in exactly one terminal state written by this worker, unless
 the run stopped being ours (then we write nothing and the owner decides).
@@ -31,6 +35,7 @@ from latent_atlas.settings import get_settings
 from models.store import ArtifactStore
 from workers import lifecycle, model_cache
 from workers.checkpoints import StoreCheckpoint
+from workers.dispatch import GATED_QUEUE, dispatch_pending_quietly
 from workers.inputs import StoredRuns
 
 log = logging.getLogger(__name__)
@@ -41,9 +46,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
-def _error_message(exc: BaseException) -> str:
+def _error_message(exc: BaseException, soft_time_limit: float | None = None) -> str:
     if isinstance(exc, SoftTimeLimitExceeded):
-        return f"time limit exceeded ({get_settings().soft_time_limit} s); try fewer prompts or tokens"
+        limit = soft_time_limit or get_settings().soft_time_limit
+        return f"time limit exceeded ({limit:g} s); try fewer prompts or tokens"
     if isinstance(exc, ModelLoadError):
         return str(exc)
     if isinstance(exc, ValidationError):
@@ -53,19 +59,25 @@ def _error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def execute_run(run_id: str, worker: str) -> str:
-    """Run ``run_id`` if this worker can claim it; returns the outcome word."""
+def execute_run(run_id: str, worker: str, *, soft_time_limit: float | None = None) -> str:
+    """Run ``run_id`` if this worker can claim it; returns the outcome word.
+
+    ``soft_time_limit``: the limit this task runs under when its message set one
+    (the interactive lane's), named in the failure message if it is exceeded.
+    """
     claim = lifecycle.claim(run_id, worker, pid=os.getpid())
     if claim is None:
         log.info("run %s not claimable here (already owned, finished or cancelled)", run_id)
         return "skipped"
-    outcome = _execute(claim, worker)
+    outcome = _execute(claim, worker, soft_time_limit)
     if outcome in ("succeeded", "failed", "cancelled"):
         StoreCheckpoint(run_id).clear()
+        if claim.queue == GATED_QUEUE:
+            dispatch_pending_quietly()  # this slot is free: the next gpu run in fair-share order
     return outcome
 
 
-def _execute(claim: lifecycle.Claim, worker: str) -> str:
+def _execute(claim: lifecycle.Claim, worker: str, soft_time_limit: float | None = None) -> str:
     settings = get_settings()
     run_id, attempt = claim.run_id, claim.attempt
     timings: dict[str, float] = {}
@@ -118,5 +130,6 @@ def _execute(claim: lifecycle.Claim, worker: str) -> str:
             return "cancelled"
         except Exception as exc:  # every failure ends the run, never the worker
             log.exception("run %s failed", run_id)
-            lifecycle.fail(run_id, attempt, _error_message(exc), traceback.format_exc(), timings)
+            lifecycle.fail(run_id, attempt, _error_message(exc, soft_time_limit), traceback.format_exc(),
+                           timings)
             return "failed"

@@ -3,6 +3,8 @@
 Invariants: lives in the worker *child* process only (CUDA is first touched
 there, never in the parent before it forks); holds at most ``capacity`` models
 so a shared GPU is not filled by stale ones; a failed load is not cached.
+On CUDA, the process's memory cap (``settings.gpu_memory_fraction``,
+``workers.gpu_memory``) is applied before the first load.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import OrderedDict
 
 from latent_atlas.lm import LanguageModel, load_model, resolve_device
 from latent_atlas.settings import get_settings
+from workers.gpu_memory import limit_process_memory
 
 _lock = threading.Lock()
 _cache: OrderedDict[tuple[str, str, str], LanguageModel] = OrderedDict()
@@ -27,6 +30,8 @@ def get_model(name: str, capacity: int = 1) -> LanguageModel:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
+        if device.type == "cuda":
+            limit_process_memory(device, settings.gpu_memory_fraction)
         while len(_cache) >= capacity:
             _cache.popitem(last=False)
             gc.collect()

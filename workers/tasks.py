@@ -12,4 +12,6 @@ from workers import signals  # noqa: F401  isort: skip
 
 @app.task(name=EXECUTE_TASK, bind=True, base=AtlasTask)
 def execute(self, run_id: str) -> str:
-    return execute_run(run_id, self.request.hostname or "worker")
+    # A message's own limits (the interactive lane's) are (hard, soft) in request.timelimit.
+    soft_time_limit = (self.request.timelimit or (None, None))[1]
+    return execute_run(run_id, self.request.hostname or "worker", soft_time_limit=soft_time_limit)

@@ -31,8 +31,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
 
-APP_SERVICES = ("migrate", "web", "worker-gpu", "worker-cpu")
-LONG_RUNNING = ("postgres", "redis", "web", "worker-gpu", "worker-cpu", "flower")
+APP_SERVICES = ("migrate", "web", "worker-gpu", "worker-interactive", "worker-cpu")
+LONG_RUNNING = ("postgres", "redis", "web", "worker-gpu", "worker-interactive", "worker-cpu", "flower")
 REQUIRED_ENV = (
     "ATLAS_DATABASE_URL",
     "ATLAS_BROKER_URL",
@@ -296,6 +296,7 @@ def test_all_services_present() -> None:
         "migrate",
         "web",
         "worker-gpu",
+        "worker-interactive",
         "worker-cpu",
         "flower",
     }
@@ -332,7 +333,7 @@ def test_migrate_is_one_off_upgrade() -> None:
     assert "ports" not in service("migrate")
 
 
-@pytest.mark.parametrize("name", ["web", "worker-gpu", "worker-cpu"])
+@pytest.mark.parametrize("name", ["web", "worker-gpu", "worker-interactive", "worker-cpu"])
 def test_app_waits_for_migrations_and_backends(name: str) -> None:
     deps = service(name)["depends_on"]
     assert deps["migrate"]["condition"] == "service_completed_successfully"
@@ -364,6 +365,31 @@ def test_worker_gpu() -> None:
     assert hf_home in volume_mounts("worker-gpu"), "HF_HOME must be a named volume"
     assert env_of("worker-gpu")["ATLAS_DEVICE"] == "cuda"
     assert duration_seconds(gpu["stop_grace_period"]) >= 60
+
+
+def gpu_devices(name: str) -> list[dict]:
+    return service(name)["deploy"]["resources"]["reservations"]["devices"]
+
+
+def test_worker_interactive_shares_the_gpu_with_its_own_memory_share() -> None:
+    """The lane's worker: its own process (and model cache) on worker-gpu's GPU; memory split per process."""
+    lane = service("worker-interactive")
+    assert command_of("worker-interactive") == ["worker", "--queues", "interactive", "--concurrency", "1"]
+    assert lane["image"] == service("worker-gpu")["image"]
+    assert lane["build"] == service("worker-gpu")["build"]
+    assert env_of("worker-interactive")["ATLAS_DEVICE"] == "cuda"
+    assert gpu_devices("worker-interactive") == gpu_devices("worker-gpu")
+    pinned = [d.get("device_ids") for d in gpu_devices("worker-gpu")]
+    assert pinned and all(ids for ids in pinned), "both workers must pin the same device id(s)"
+    long_share = float(env_of("worker-gpu")["ATLAS_GPU_MEMORY_FRACTION"])
+    lane_share = float(env_of("worker-interactive")["ATLAS_GPU_MEMORY_FRACTION"])
+    assert 0 < lane_share < long_share and long_share + lane_share < 1.0
+    # The same numbers as the settings' default split (what `latent-atlas up` uses).
+    from latent_atlas.settings import InteractiveLane
+
+    assert lane_share == InteractiveLane().gpu_memory_fraction
+    assert round(0.95 - lane_share, 4) == long_share
+    assert duration_seconds(lane["stop_grace_period"]) >= InteractiveLane().hard_time_limit
 
 
 def test_worker_cpu() -> None:
@@ -415,6 +441,7 @@ def test_environment_block_written_once() -> None:
 def test_images_pick_the_right_torch_build() -> None:
     args = {name: service(name)["build"]["args"] for name in APP_SERVICES}
     assert "/cu" in args["worker-gpu"]["TORCH_INDEX_URL"]
+    assert "/cu" in args["worker-interactive"]["TORCH_INDEX_URL"]
     for name in ("migrate", "web", "worker-cpu"):
         assert args[name]["TORCH_INDEX_URL"].endswith("/whl/cpu"), name
     assert service("worker-gpu")["image"] != service("web")["image"]
