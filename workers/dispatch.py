@@ -1,33 +1,52 @@
-"""Hand a queued run to the broker. The run row is written before the message.
+"""Hand queued runs to the broker. The run row is written before the message.
 
 If the broker is down the run stays queued with no dispatch time, and the
-sweeper sends it once the broker is back: nothing accepted is lost.
+dispatcher or the sweeper sends it once the broker is back: nothing accepted
+is lost.
+
+The ``gpu`` queue is gated (``dispatch_pending``): the database is the queue,
+and a run is sent only when a worker slot is free, the next one in fair-share
+order (``workers.queue_plan.gpu_queue``), so the order is decided when a slot
+frees, not at submit time. Invariants:
+
+* in flight = gpu runs ``running`` or ``queued`` with ``dispatched_at`` set;
+  slots = summed concurrency of live workers listening to ``gpu``; at most
+  ``slots - in_flight`` runs are marked dispatched per call.
+* The count and the marking happen in one transaction holding the dispatch
+  lock (an UPDATE of ``dispatch_lock`` row 1: a row lock on PostgreSQL, the
+  write lock on SQLite), so concurrent dispatchers never over-fill the slots.
+  Messages are sent after the commit; a send that fails clears
+  ``dispatched_at`` again, which frees the slot.
+* Triggers: a submission (web), a terminal write of a worker (same process,
+  right after it), a worker's start, and every sweep. Queues ``cpu`` and
+  ``interactive`` are not gated: their runs are sent at submit.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 
 from sqlalchemy import update
 
-from models import Run, RunStatus, session_scope
+from models import DispatchLock, Run, RunStatus, session_scope
 from models.base import utcnow
+from models.dispatch import DISPATCH_LOCK_ID
 from workers.celery_app import EXECUTE_TASK, app
 
 log = logging.getLogger(__name__)
 
 
-def dispatch(run_id: str, queue: str) -> bool:
-    """Send the run's task; True when the broker accepted it."""
-    task_id = f"{run_id}.{uuid.uuid4().hex[:8]}"
-    with session_scope() as session:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status.in_([RunStatus.queued.value, RunStatus.running.value]))
-            .values(dispatched_at=utcnow(), task_id=task_id)
-            .execution_options(synchronize_session=False)
-        )
+GATED_QUEUE = "gpu"
+
+
+def _new_task_id(run_id: str) -> str:
+    return f"{run_id}.{uuid.uuid4().hex[:8]}"
+
+
+def _send(run_id: str, queue: str, task_id: str) -> bool:
+    """Send the message of a run already marked dispatched; on failure unmark it."""
     try:
         app.send_task(EXECUTE_TASK, args=[run_id], queue=queue, task_id=task_id)
         return True
@@ -41,6 +60,79 @@ def dispatch(run_id: str, queue: str) -> bool:
                 .execution_options(synchronize_session=False)
             )
         return False
+
+
+def dispatch(run_id: str, queue: str) -> bool:
+    """Send the run's task now, whatever the slots; True when the broker accepted it.
+
+    For ungated queues, and to re-send a gpu run that already holds its slot
+    (running with a stale heartbeat, or a message presumed lost).
+    """
+    task_id = _new_task_id(run_id)
+    with session_scope() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status.in_([RunStatus.queued.value, RunStatus.running.value]))
+            .values(dispatched_at=utcnow(), task_id=task_id)
+            .execution_options(synchronize_session=False)
+        )
+    return _send(run_id, queue, task_id)
+
+
+def dispatch_submitted(run_id: str, queue: str) -> None:
+    """After a submission: an ungated run is sent at once; the gated queue is refilled."""
+    if queue == GATED_QUEUE:
+        dispatch_pending()
+    else:
+        dispatch(run_id, queue)
+
+
+def _take_lock(session, now: datetime) -> None:
+    result = session.execute(
+        update(DispatchLock).where(DispatchLock.id == DISPATCH_LOCK_ID).values(taken_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:  # a database created without migration 0005's row
+        session.add(DispatchLock(id=DISPATCH_LOCK_ID, taken_at=now))
+        session.flush()
+
+
+def dispatch_pending(now: datetime | None = None) -> list[str]:
+    """Fill the gpu queue's free slots with the next runs in fair-share order.
+
+    Returns the IDs whose messages the broker accepted. Safe to call from any
+    process at any time; never raises for a broker that is down.
+    """
+    from workers.queue_plan import gpu_queue
+
+    now = now or utcnow()
+    chosen: list[tuple[str, str]] = []
+    with session_scope() as session:
+        _take_lock(session, now)
+        state = gpu_queue(session, now)
+        for run in state.ready[: state.free]:
+            task_id = _new_task_id(run.run_id)
+            result = session.execute(
+                update(Run)
+                .where(Run.id == run.run_id, Run.status == RunStatus.queued.value,
+                       Run.dispatched_at.is_(None))
+                .values(dispatched_at=now, task_id=task_id)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:
+                chosen.append((run.run_id, task_id))
+    sent = [run_id for run_id, task_id in chosen if _send(run_id, GATED_QUEUE, task_id)]
+    if sent:
+        log.info("dispatched %s", ", ".join(sent))
+    return sent
+
+
+def dispatch_pending_quietly() -> None:
+    """``dispatch_pending`` for a trigger that must not fail (a worker after a run, a signal)."""
+    try:
+        dispatch_pending()
+    except Exception:  # the next trigger (at the latest the next sweep) tries again
+        log.exception("dispatch failed; the next sweep tries again")
 
 
 def revoke(task_id: str | None) -> None:

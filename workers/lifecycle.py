@@ -50,6 +50,7 @@ class Claim:
     attempt: int
     kind: str
     params: dict[str, Any]
+    queue: str = "gpu"
 
 
 def _owned(run_id: str, attempt: int):
@@ -101,7 +102,7 @@ def claim(run_id: str, worker: str, now: datetime | None = None, pid: int | None
         if result.rowcount != 1:
             return None
         row = session.execute(
-            select(Run.attempts, Run.kind, Run.params).where(Run.id == run_id)
+            select(Run.attempts, Run.kind, Run.params, Run.queue).where(Run.id == run_id)
         ).one()
         # An earlier attempt still open was taken over after its heartbeat went stale.
         session.execute(
@@ -114,7 +115,7 @@ def claim(run_id: str, worker: str, now: datetime | None = None, pid: int | None
         )
         session.add(RunAttempt(run_id=run_id, attempt=row.attempts, worker=worker, pid=pid,
                                started_at=now))
-    return Claim(run_id=run_id, attempt=row.attempts, kind=row.kind, params=row.params)
+    return Claim(run_id=run_id, attempt=row.attempts, kind=row.kind, params=row.params, queue=row.queue)
 
 
 def _update_owned(run_id: str, attempt: int, outcome: AttemptOutcome | None = None,

@@ -44,6 +44,7 @@ from workers.fair_share import (
     used_today,
     utc_midnight,
 )
+from workers.worker_registry import live_window
 
 GATED_QUEUE = "gpu"
 # Usage older than this many half-lives weighs under 0.1 % and is not read.
@@ -78,8 +79,8 @@ class GpuQueue:
 
 
 def live_slots(session: Session, now: datetime) -> dict[str, int]:
-    """Per queue: the summed concurrency of workers whose heartbeat is fresh."""
-    fresh_after = now - timedelta(seconds=get_settings().stale_after)
+    """Per queue: the summed concurrency of live workers (``worker_registry.live_window``)."""
+    fresh_after = now - timedelta(seconds=live_window())
     slots: dict[str, int] = defaultdict(int)
     for queues, concurrency in session.execute(
         select(WorkerSlot.queues, WorkerSlot.concurrency).where(WorkerSlot.heartbeat_at >= fresh_after)

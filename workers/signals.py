@@ -5,23 +5,32 @@
 * ``worker_process_init`` (in each forked child): compile UMAP's numba code in
   a background thread at the lowest CPU priority (``settings.umap_warmup``),
   so the compile is paid once per worker process, not by a run.
-* ``worker_ready`` (in the main process): start the sweeper thread.
+* ``worker_ready`` (in the main process): enter this worker in the registry of
+  live workers (its node name, queues and concurrency: the gpu queue's slots),
+  dispatch what the new slots allow (a run submitted while no worker lived
+  starts now), then start the sweeper thread, which keeps the entry fresh.
+* ``worker_shutdown`` (main process): stop the sweeper, leave the registry.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from latent_atlas.settings import get_settings
 from models.session import get_engine, get_sessionmaker
+from workers import worker_registry
+from workers.worker_registry import WorkerInfo
 
 log = logging.getLogger(__name__)
 
 _sweeper = None
+_registered: str | None = None
 
 
 @worker_process_init.connect
@@ -51,12 +60,32 @@ def _start_umap_warmup(**_: object) -> None:
         threading.Thread(target=_warm_up_umap, name="umap-warmup", daemon=True).start()
 
 
+def worker_info(consumer: Any) -> WorkerInfo:
+    """This worker's registry entry, from the Celery consumer ``worker_ready`` sends."""
+    queues = tuple(sorted(consumer.app.amqp.queues.consume_from or ()))
+    controller = getattr(consumer, "controller", None)
+    concurrency = getattr(controller, "concurrency", None) or getattr(consumer.pool, "num_processes", 1)
+    return WorkerInfo(name=str(consumer.hostname), queues=queues, concurrency=int(concurrency),
+                      hostname=socket.gethostname(), pid=os.getpid())
+
+
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
-    global _sweeper
+def _start_sweeper(sender: Any = None, **_: object) -> None:
+    global _sweeper, _registered
+    from workers.dispatch import dispatch_pending_quietly
     from workers.sweeper import SweeperThread
 
-    _sweeper = SweeperThread()
+    info = None
+    try:
+        info = worker_info(sender)
+        worker_registry.register(info)
+        _registered = info.name
+        log.info("registered worker %s: queues %s, concurrency %s", info.name, ",".join(info.queues),
+                 info.concurrency)
+    except Exception:  # the sweeper thread registers it on its next round
+        log.exception("could not register this worker; retrying at the next sweep")
+    dispatch_pending_quietly()
+    _sweeper = SweeperThread(info)
     _sweeper.start()
 
 
@@ -64,3 +93,8 @@ def _start_sweeper(**_: object) -> None:
 def _stop_sweeper(**_: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+    if _registered is not None:
+        try:
+            worker_registry.unregister(_registered)
+        except Exception:  # its heartbeat ages out of the live window instead
+            log.warning("could not remove worker %s from the registry", _registered, exc_info=True)

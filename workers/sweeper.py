@@ -5,9 +5,14 @@
   if cancel was requested it becomes ``cancelled``; after ``max_attempts`` it
   becomes ``failed``; otherwise it is re-dispatched and the next claim takes it
   over with attempt + 1 (the claim accepts a stale running run).
-* A queued run never dispatched (broker was down) or dispatched longer than
-  ``redispatch_after`` ago is dispatched again. Duplicate messages are harmless:
-  the claim lets exactly one through.
+* A queued run of an ungated queue never dispatched (broker was down), or a
+  queued run of any queue dispatched longer than ``redispatch_after`` ago, is
+  sent again (a gpu run so re-sent keeps the slot it holds). Duplicate
+  messages are harmless: the claim lets exactly one through.
+* A queued gpu run never dispatched is the dispatcher's: every sweep ends with
+  ``dispatch_pending`` (the catch-all trigger), which sends as many as there
+  are free slots, in fair-share order; never-dispatched gpu runs are not sent
+  blindly.
 Every change is a conditional UPDATE, so several sweepers may run at once; a
 run ended here closes its open attempt record as ``lost`` and loses its saved
 pieces of work (``workers.checkpoints``).
@@ -26,8 +31,9 @@ from latent_atlas.settings import get_settings
 from models import Run, RunStatus, session_scope
 from models.base import utcnow
 from models.run import AttemptOutcome, RunAttempt
+from workers import worker_registry
 from workers.checkpoints import StoreCheckpoint
-from workers.dispatch import dispatch
+from workers.dispatch import GATED_QUEUE, dispatch, dispatch_pending
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ class SweepReport:
     redispatched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)  # gpu runs sent by the dispatcher
 
 def _is_stale(stale_before: datetime):
     return or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)
@@ -80,7 +87,7 @@ def sweep(now: datetime | None = None) -> SweepReport:
             )
         ).all()
         undelivered = session.execute(
-            select(Run.id, Run.queue).where(
+            select(Run.id, Run.queue, Run.dispatched_at).where(
                 Run.status == RunStatus.queued.value,
                 or_(Run.dispatched_at.is_(None), Run.dispatched_at < redispatch_before),
             )
@@ -100,23 +107,35 @@ def sweep(now: datetime | None = None) -> SweepReport:
             if dispatch(row.id, row.queue):
                 report.redispatched.append(row.id)
     for row in undelivered:
+        if row.queue == GATED_QUEUE and row.dispatched_at is None:
+            continue  # not sent yet: the dispatcher decides when, below
         if dispatch(row.id, row.queue):
             report.redispatched.append(row.id)
-    if report.redispatched or report.failed or report.cancelled:
+    report.dispatched = dispatch_pending(now)
+    if report.redispatched or report.failed or report.cancelled or report.dispatched:
         log.info("sweep: %s", report)
     return report
 
 class SweeperThread(threading.Thread):
-    """Runs ``sweep`` every ``sweep_every`` seconds in a worker's main process."""
+    """Runs ``sweep`` every ``sweep_every`` seconds in a worker's main process.
 
-    def __init__(self) -> None:
+    With ``worker`` (this worker's registry entry) each round first refreshes
+    the worker's row in the registry (``workers.worker_registry``), so its slots
+    count while it lives, and removes rows of long-dead workers.
+    """
+
+    def __init__(self, worker: worker_registry.WorkerInfo | None = None) -> None:
         super().__init__(name="atlas-sweeper", daemon=True)
         self._stop_event = threading.Event()
+        self.worker = worker
 
     def run(self) -> None:
         every = get_settings().sweep_every
         while not self._stop_event.wait(every):
             try:
+                if self.worker is not None:
+                    worker_registry.register(self.worker)
+                    worker_registry.prune()
                 sweep()
             except Exception:
                 log.exception("sweep failed; trying again in %s s", every)
