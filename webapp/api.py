@@ -4,7 +4,9 @@ Run management: ``PATCH /api/runs/<id>`` ``{"title", "tags", "note"}`` (owner or
 admin), ``DELETE /api/runs/<id>`` (owner or admin; the record stays, its data goes:
 an export answers 410), ``POST /api/runs/<id>/star`` ``{"starred": bool}`` (anyone,
 for themselves); ``GET /api/runs/<id>`` lists every change (``events``);
-``GET /api/runs?tag=...&starred=true`` filters.
+``GET /api/runs?tag=...&starred=true`` filters. The queue, fair-share settings and
+bulk actions (``/api/admin/queue``, ``/api/admin/members``, ``POST /api/runs/bulk``)
+are in ``webapp.queue_api``.
 
 ``POST /api/runs`` answers 201 with a new queued run (``"reused": false``), or
 200 with an identical succeeded run (``"reused": true``; see ``webapp.reuse``)
@@ -227,8 +229,8 @@ def star(run_id: str):
 
 @api.post("/runs/<run_id>/cancel")
 def cancel(run_id: str):
-    run = runs_service.cancel_run(request_user(), run_id)
-    return jsonify(runs_service.run_detail(run))
+    run_management.cancel_recorded(request_user(), run_id)  # recorded in the run's change log
+    return jsonify(runs_service.run_detail(runs_service.get_run(run_id)))
 
 
 def export_bundle(run) -> bytes:
@@ -324,3 +326,6 @@ _register_sae_train_routes(api)
 from webapp.views.geometry.api import register as _register_geometry_routes  # noqa: E402
 
 _register_geometry_routes(api)
+from webapp.queue_api import register as _register_queue_routes  # noqa: E402
+
+_register_queue_routes(api)

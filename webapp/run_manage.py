@@ -23,7 +23,8 @@ from webapp.components import format_time
 from webapp.runs_service import NotAllowed, RunNotFound, SubmissionError
 
 ACTION_WORDS = {"rename": "renamed", "tags": "set tags", "note": "edited the note", "star": "starred",
-                "unstar": "unstarred", "delete": "deleted the run"}
+                "unstar": "unstarred", "delete": "deleted the run", "cancel": "cancelled the run",
+                "move": "moved the run"}
 
 
 def _may_change(run: Any, user: Any) -> bool:
@@ -47,6 +48,11 @@ def _what(event: dict[str, Any]) -> str:
         return f"{words}: {detail.get('from') or '(untitled)'} → {detail.get('to') or '(untitled)'}"
     if event["action"] == "tags":
         return f"{words}: {', '.join(detail.get('to') or []) or '(none)'}"
+    if event["action"] == "move":
+        return (f"{words} to the {detail.get('where', '?')} of the {detail.get('queue', '')} queue "
+                f"(priority {detail.get('from')} → {detail.get('to')})")
+    if event["action"] == "cancel" and detail.get("to") == "running":
+        return "asked the running run to stop"
     return words
 
 

@@ -13,6 +13,8 @@ Invariants:
   more (the store is content-addressed: runs share files). A deleted run is
   left out of ``/runs`` and of reuse, cannot be changed again, and exports
   nothing. A queued or running run is cancelled first (so its worker stops).
+* Cancels (``cancel_recorded``: the run page, bulk actions, the admin queue)
+  and admin queue moves (``webapp.queue_admin``) are recorded the same way.
 * Titles, tags and notes are bounded and free of NUL; they are shown escaped
   (the note as Markdown without raw HTML).
 """
@@ -37,7 +39,8 @@ from webapp.runs_service import (
     get_run,
 )
 
-__all__ = ["MAX_NOTE_CHARS", "delete_run", "run_events", "set_star", "starred_by", "update_run"]
+__all__ = ["MAX_NOTE_CHARS", "cancel_recorded", "delete_run", "record_event", "run_events", "set_star",
+           "starred_by", "update_run"]
 
 MAX_NOTE_CHARS = 20_000
 
@@ -82,6 +85,28 @@ def update_run(user: User, run_id: str, *, title: str | None = None, tags: Any =
             session.add(RunEvent(run_id=run_id, user_id=user.id, action=actions[field],
                                  detail={"from": old, "to": value}))
     return get_run(run_id)
+
+
+def record_event(user: User, run_id: str, action: str, detail: dict[str, Any]) -> None:
+    """Add one entry to the run's change log (for changes made elsewhere: a queue move, a cancel)."""
+    with session_scope() as session:
+        session.add(RunEvent(run_id=run_id, user_id=user.id, action=action, detail=detail))
+
+
+def cancel_recorded(user: User, run_id: str) -> bool:
+    """Cancel a queued or running run (``runs_service.cancel_run``: owner or admin) and record it.
+
+    Returns False, recording nothing, when the run was already finished or its
+    cancel already requested; else the change log gets a ``cancel`` entry with
+    the status before and after (``cancelled``, or ``running`` with a stop requested).
+    """
+    run = get_run(run_id)
+    if run.is_terminal or run.cancel_requested:
+        cancel_run(user, run_id)  # checks the permission all the same
+        return False
+    after = cancel_run(user, run_id)
+    record_event(user, run_id, "cancel", {"from": run.status, "to": after.status})
+    return True
 
 
 def set_star(user: User, run_id: str, starred: bool) -> bool:

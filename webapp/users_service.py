@@ -124,7 +124,8 @@ def list_users() -> list[dict]:
     with session_scope() as session:
         return [
             {"id": u.id, "username": u.username, "is_admin": u.is_admin, "is_active": u.is_active,
-             "created_at": u.created_at.isoformat()}
+             "created_at": u.created_at.isoformat(), "share_weight": u.share_weight,
+             "daily_gpu_cap_s": u.daily_gpu_cap_s}
             for u in session.scalars(select(User).order_by(User.username))
         ]
 
