@@ -127,7 +127,7 @@ def test_points_without_a_lens_are_decoded_on_demand_by_a_child_run(portal):
     assert response.status_code == 201, response.text
     child = portal.wait_for(response.json()["id"], portal.alice, {"succeeded", "failed"})
     assert child["status"] == "succeeded", child.get("error")
-    assert child["queue"] == "gpu" and child["parent_id"] == bare["id"]
+    assert child["queue"] == "interactive" and child["parent_id"] == bare["id"]  # 3 points: the lane
     decoded = _arrays(portal, child["id"])
     assert decoded["rows"].tolist() == rows and decoded["lens_ids"].shape == (3, 5)
 

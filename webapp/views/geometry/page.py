@@ -7,8 +7,9 @@ Invariants:
 * the web process never runs a model: changing the colouring or the layers
   shown redraws from the stored arrays (cached per run, ``ARRAYS`` only: the
   stored states are never loaded here), and a re-projection is a child run
-  (kind ``geometry_reproject``, ``cpu`` queue, ``parent_id`` = the run whose
-  states it uses);
+  (kind ``geometry_reproject``, ``parent_id`` = the run whose states it uses;
+  the interactive lane when its size is within the lane's bound, else the
+  ``cpu`` queue: ``latent_atlas.analyses.lanes``);
 * a selection (click in any scatter; box or lasso in the 2D ones) is a list of
   point rows in ``geometry-selection``; each figure's highlight trace is then
   patched (``dash.Patch``), never the whole figure;
@@ -16,8 +17,9 @@ Invariants:
   the first one in full (prompt, token, position, layer, component, norm, the
   logit lens' top 5) and a few more in short. User text is always a text child;
 * a point whose lens the run did not compute (a CPU run's cap, or a sample) is
-  decoded on demand: "Decode" submits a ``geometry_lens`` child run (gpu
-  queue, the model, only the selected rows of the stored states); the panel
+  decoded on demand: "Decode" submits a ``geometry_lens`` child run (the
+  interactive lane up to its bound, else the gpu queue; the model, only the
+  selected rows of the stored states); the panel
   polls it and then shows the result, and every succeeded lens child of the
   run is merged into the panel from then on.
 """
@@ -35,6 +37,7 @@ import numpy as np
 import plotly.graph_objects as go
 from dash import dcc, html
 
+from latent_atlas.settings import get_settings
 from webapp.components import kv_table
 from webapp.views.geometry import figures as gf
 from webapp.views.geometry.details import (  # noqa: F401  the details panel, re-exported for callers and tests
@@ -334,8 +337,19 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     )
 
 
+def _lane_note(summary: Mapping[str, Any]) -> str:
+    """Where a re-projection of this run goes: the interactive lane's bound against the run's states."""
+    lane = get_settings().interactive
+    if not lane.enabled:
+        return "It runs on the cpu queue."
+    points = None if summary.get("source_run") else summary.get("n_points")  # the states are this run's own
+    size = f"this run has {points:,} states; " if isinstance(points, int) else ""
+    return (f"It runs in the interactive lane when small ({size}the lane takes PCA of up to "
+            f"{lane.max_reproject_states:,} states, UMAP of up to {lane.max_umap_states:,}), else on the cpu queue.")
+
+
 def reproject_panel(summary: Mapping[str, Any], run: Any) -> Any:
-    """Options for a new projection of the stored states (a child run on the cpu queue)."""
+    """Options for a new projection of the stored states (a child run: the interactive lane when small)."""
     states = summary.get("states") or {}
     if not (states.get("stored") or summary.get("source_run")):
         return dbc.Card(dbc.CardBody(html.Small("This run stored no states, so it cannot be re-projected.",
@@ -368,8 +382,8 @@ def reproject_panel(summary: Mapping[str, Any], run: Any) -> Any:
             dbc.Button("Re-project", id="geometry-rp-submit", color="primary", size="sm", n_clicks=0,
                        class_name="mt-2"),
             html.Div(id="geometry-rp-message", className="small mt-2"),
-            html.Small("Runs on the cpu queue as a child run of "
-                       f"{summary.get('source_run') or run.id}; the states are read, the model is not.",
+            html.Small(f"Runs as a child run of {summary.get('source_run') or run.id}; the states are read, "
+                       f"the model is not. {_lane_note(summary)}", id="geometry-rp-lane",
                        className="text-muted d-block mt-1"),
         ]),
     ])
