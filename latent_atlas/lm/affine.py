@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from latent_atlas.lm.device import module_device
 from latent_atlas.lm.loading import LanguageModel
 
 __all__ = ["AffineReadout", "affine_readout"]
@@ -141,7 +142,7 @@ def affine_readout(
     weight = getattr(unembed, "weight", None)
     if spec is None or not isinstance(unembed, nn.Linear) or weight is None:
         return None
-    if not _spec_matches(norm, spec, d, lm.device):
+    if not _spec_matches(norm, spec, d, module_device(norm) or lm.device):
         return None
     vectors = torch.stack([torch.as_tensor(t).double().cpu().reshape(-1) for t in (center, u, v)])
     if vectors.shape[1] != d:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 import torch
+from torch import Tensor, nn
 
-__all__ = ["DeviceError", "resolve_device"]
+__all__ = ["DeviceError", "module_device", "resolve_device", "to_module"]
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
 
@@ -42,3 +43,26 @@ def resolve_device(setting: str) -> torch.device:
             )
         return device
     raise DeviceError(f"unknown device {setting!r} (use auto, cpu, cuda or cuda:N)")
+
+
+def module_device(module: nn.Module) -> torch.device | None:
+    """The device of ``module``'s first parameter (else buffer); ``None`` for a module without either.
+
+    With a device map (accelerate), each block sits wholly on one device, so
+    this is where a block's inputs must be.
+    """
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+def to_module(x: Tensor, module: nn.Module) -> Tensor:
+    """``x`` on ``module``'s device (``x`` itself when it is already there or the module has no tensors).
+
+    The one device boundary of a model spread over several devices: callers
+    that call blocks, norms or the unembedding directly pass inputs through it.
+    """
+    device = module_device(module)
+    return x if device is None or x.device == device else x.to(device)

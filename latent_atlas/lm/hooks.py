@@ -24,6 +24,10 @@ Invariants:
   nothing beyond the forward pass itself;
 * hooks are removed when the capture ends, also when the forward raises;
 * nothing here needs gradients: forwards run under ``torch.inference_mode``;
+* a ``Capture`` holds every tensor on ``lm.device``: for a model spread over
+  several devices (``lm.device_map``) the points of blocks elsewhere are moved
+  there once after the forward (never inside a hook); for a model on one
+  device that is a no-op;
 * ``check_hook_points`` proves the points on a real forward pass:
   ``resid_mid == resid_pre + attn_out``, ``resid_post == resid_mid + mlp_out``,
   ``resid_post[l] == output_hidden_states[l + 1]`` for ``l < L - 1`` and
@@ -42,6 +46,7 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
+from latent_atlas.lm.device import to_module
 from latent_atlas.lm.loading import LanguageModel
 
 __all__ = [
@@ -227,15 +232,20 @@ def capture_points(
         if lm.adapter.is_parallel(blocks[layer]) and attn is not None:
             resid_pre = store.embeddings if layer == 0 else store.points[layer - 1][RESID_POST]
             if resid_pre is not None:
-                slots[RESID_MID] = resid_pre + attn
+                slots[RESID_MID] = resid_pre.to(attn.device) + attn
         for component, tensor in enumerate(slots):
             if tensor is None:
                 raise RuntimeError(
                     f"hook point {COMPONENTS[component]} of layer {layer} was not reached "
                     "during the forward pass"
                 )
-        points.append([t for t in slots if t is not None])
-    return Capture(points=points, embeddings=store.embeddings, logits=out_logits, hidden_states=out_hidden)
+        points.append([t.to(lm.device) for t in slots if t is not None])
+    if out_hidden is not None:
+        out_hidden = tuple(t.to(lm.device) for t in out_hidden)
+    if out_logits is not None:
+        out_logits = out_logits.to(lm.device)
+    return Capture(points=points, embeddings=store.embeddings.to(lm.device), logits=out_logits,
+                   hidden_states=out_hidden)
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
@@ -295,7 +305,7 @@ def verify_capture(
                 compare(post, hs[layer + 1], layer, f"resid_post != output_hidden_states[{layer + 1}]")
             else:
                 compare(
-                    final_norm(post), hs[layer + 1], layer,
+                    final_norm(to_module(post, final_norm)).to(post.device), hs[layer + 1], layer,
                     f"final_norm(resid_post) != output_hidden_states[{layer + 1}]",
                 )
     return worst

@@ -42,7 +42,12 @@ returns the logits (B, V) of that one batch. Invariants:
 * ``AffineReadout`` / ``affine_readout`` (the exact fast path at ``layer ==
   L``) live in ``latent_atlas.lm.affine`` and are re-exported here;
 * ``readout`` applies the final logit soft-cap when the model has one, so
-  every logit computed here equals the model's own.
+  every logit computed here equals the model's own;
+* a model spread over several devices (``lm.device_map``: accelerate places
+  whole blocks) is run block by block with the residual, the rotary tables and
+  the prefix's keys and values moved to each block's device at the boundary
+  (``to_module``); the result is on the last block's (``readout``: the
+  unembedding's) device. On one device every move is a no-op.
 
 Supported: every family of ``latent_atlas.lm.adapters.ADAPTERS``.
 """
@@ -60,6 +65,7 @@ from torch import Tensor, nn
 
 from latent_atlas.lm.adapters import ADAPTERS, ArchitectureAdapter, soft_cap, text_config_of
 from latent_atlas.lm.affine import AffineReadout, affine_readout
+from latent_atlas.lm.device import module_device, to_module
 from latent_atlas.lm.errors import UnsupportedArchitecture
 from latent_atlas.lm.loading import LanguageModel
 
@@ -120,8 +126,8 @@ class _PrefixView:
             keys = keys[:, :, keys.shape[2] - min(keep, keys.shape[2]) :]
             values = values[:, :, values.shape[2] - min(keep, values.shape[2]) :]
         batch = key_states.shape[0]
-        keys = keys.to(key_states.dtype).expand(batch, -1, -1, -1)
-        values = values.to(value_states.dtype).expand(batch, -1, -1, -1)
+        keys = keys.to(device=key_states.device, dtype=key_states.dtype).expand(batch, -1, -1, -1)
+        values = values.to(device=value_states.device, dtype=value_states.dtype).expand(batch, -1, -1, -1)
         return torch.cat([keys, key_states], dim=2), torch.cat([values, value_states], dim=2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -202,6 +208,7 @@ def _block_kwargs(lm: LanguageModel, hidden: Tensor, position: int) -> list[dict
     rotary = lm.adapter.rotary_of(lm.model)
     if rotary is None:
         raise UnsupportedArchitecture(f"a {lm.adapter.family} model without rotary_emb")
+    hidden = to_module(hidden, rotary)  # its tables are computed where its buffers are
     position_ids = torch.full((1, 1), position, dtype=torch.long, device=hidden.device)
     if "layer_type" not in inspect.signature(rotary.forward).parameters:
         shared = {"position_embeddings": rotary(hidden, position_ids), "position_ids": position_ids}
@@ -209,6 +216,21 @@ def _block_kwargs(lm: LanguageModel, hidden: Tensor, position: int) -> list[dict
     types = list(text_config_of(lm.model).layer_types)  # one rotary per layer type (Gemma 3)
     tables = {kind: rotary(hidden, position_ids, kind) for kind in set(types)}
     return [{"position_embeddings": tables[kind], "position_ids": position_ids} for kind in types]
+
+
+def _to_device(extra: dict[str, Any], device: torch.device | None) -> dict[str, Any]:
+    """A block's keyword arguments with their tensors (and tuples of tensors) on ``device``."""
+    if device is None:
+        return extra
+
+    def move(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.to(device)
+        if isinstance(value, tuple):
+            return tuple(move(v) for v in value)
+        return value
+
+    return {name: move(value) for name, value in extra.items()}
 
 
 def _cache_keyword(adapter: ArchitectureAdapter, block: nn.Module) -> str:
@@ -318,7 +340,7 @@ def resid_from_layer(
         flat = hidden[:, 0]
         with torch.inference_mode(), _autocast(lm, compute_dtype):
             for block in blocks:
-                flat = _single_position(lm.adapter, block, flat)
+                flat = _single_position(lm.adapter, block, to_module(flat, block))
         return flat
     position = 0 if prefix is None else prefix.length
     view = None if prefix is None else _PrefixView(prefix, sliding_windows(lm))
@@ -326,7 +348,8 @@ def resid_from_layer(
         kwargs = _block_kwargs(lm, hidden, position)[layer:]
         for block, extra in zip(blocks, kwargs, strict=True):
             cache = {} if view is None else {_cache_keyword(lm.adapter, block): view}
-            hidden = _first(block(hidden, attention_mask=None, **cache, **extra))
+            extra = _to_device(extra, module_device(block))
+            hidden = _first(block(to_module(hidden, block), attention_mask=None, **cache, **extra))
     return hidden[:, 0]
 
 
@@ -335,7 +358,8 @@ def readout(lm: LanguageModel, resid: Tensor, *, compute_dtype: torch.dtype | No
     norm = lm.adapter.final_norm_of(lm.model)
     unembed = lm.adapter.unembedding_of(lm.model)
     with torch.inference_mode(), _autocast(lm, compute_dtype):
-        logits = unembed(norm(resid.to(device=lm.device, dtype=lm.dtype)))
+        normed = norm(to_module(resid.to(dtype=lm.dtype), norm))
+        logits = unembed(to_module(normed, unembed))
         return soft_cap(logits, lm.adapter.softcap_of(lm.model))
 
 

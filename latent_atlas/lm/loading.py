@@ -6,6 +6,14 @@ output), or a directory (or hub repo) holding a GGUF file named by
 
 * the model is in ``eval()`` mode with ``requires_grad`` off, on ``device``,
   in ``dtype`` (float32, bfloat16 or float16; GGUF weights are de-quantised);
+* with a ``device_map`` (``"auto"`` on CUDA, or an explicit dict of module
+  path -> device), accelerate places whole blocks on the GPUs instead:
+  ``device_map`` records where each part went, ``device`` is where inputs go
+  (the token embedding's device), and every caller that calls blocks, norms or
+  the unembedding directly moves tensors to the module's device at that
+  boundary (``latent_atlas.lm.device.to_module``); a map that would offload
+  weights to disk or leave them on the meta device is refused. ``"auto"`` on a
+  CPU device is a plain CPU load (there is nothing to spread);
 * the tokenizer has a pad token (the eos token when it had none) and pads on
   the right, so real tokens always sit at positions ``0 .. n-1``;
 * ``adapter`` has been validated against the model's modules;
@@ -80,6 +88,7 @@ class LanguageModel:
     revision: str | None
     dtype: torch.dtype
     device: torch.device
+    device_map: dict[str, str] | None = None  # module path -> device, when spread by accelerate
 
     @property
     def n_layers(self) -> int:
@@ -103,6 +112,7 @@ class LanguageModel:
             "revision": self.revision,
             "dtype": dtype_name(self.dtype),
             "device": str(self.device),
+            "device_map": self.device_map,
             "architecture": type(self.model).__name__,
             "family": self.adapter.family,
             "n_layers": self.n_layers,
@@ -279,9 +289,9 @@ def _load_gguf_cached(
     concurrent or interrupted writer never leaves a half-written copy behind.
     """
     converted = cache_dir / gguf_sha
-    dtype_only = {"dtype": kwargs["dtype"]}
+    placement = {k: v for k, v in kwargs.items() if k in ("dtype", "device_map")}
     if (converted / "config.json").exists():
-        return AutoModelForCausalLM.from_pretrained(str(converted), **dtype_only)
+        return AutoModelForCausalLM.from_pretrained(str(converted), **placement)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{gguf_sha[:12]}-", dir=cache_dir))
@@ -298,6 +308,40 @@ def _load_gguf_cached(
     return model
 
 
+def _device_name(value: str | int | torch.device) -> str:
+    """``0`` -> ``"cuda:0"``, a device -> its name; anything else (``"disk"``) as written."""
+    if isinstance(value, int):
+        return f"cuda:{value}"
+    try:
+        return str(torch.device(value))
+    except (RuntimeError, TypeError):
+        return str(value)
+
+
+def _placement(model: PreTrainedModel, requested: str | dict[str, str | int]) -> dict[str, str]:
+    """Where the parts went (module path -> device); refused if weights were offloaded to disk.
+
+    accelerate records its map in ``hf_device_map`` when it dispatched the
+    model over several devices; a map naming one device is loaded in place
+    without dispatch, and then the requested map (or ``{"": device}``) is it.
+    """
+    placed = {name: _device_name(d) for name, d in (getattr(model, "hf_device_map", None) or {}).items()}
+    if not placed:
+        placed = ({name: _device_name(d) for name, d in requested.items()} if isinstance(requested, dict)
+                  else {"": str(next(model.parameters()).device)})
+    offloaded = sorted(name for name, d in placed.items() if d in ("disk", "meta"))
+    if offloaded or any(p.device.type == "meta" for p in model.parameters()):
+        raise ValueError(
+            f"the device map offloads {', '.join(offloaded) or 'weights'} to disk; the model does not fit "
+            "the devices' memory"
+        )
+    return placed
+
+
+def _input_device(model: PreTrainedModel, adapter: ArchitectureAdapter) -> torch.device:
+    return adapter.token_embedding_of(model).weight.device
+
+
 def load_model(
     source: str,
     *,
@@ -305,6 +349,7 @@ def load_model(
     revision: str | None = None,
     dtype: str = "float32",
     device: str | torch.device = "cpu",
+    device_map: str | dict[str, str | int] | None = None,
     name: str | None = None,
     tokenizer_cache_dir: Path | None = None,
     gguf_cache_dir: Path | None = None,
@@ -316,6 +361,10 @@ def load_model(
     tokenizer cache. With ``gguf_cache_dir``, a GGUF model is dequantised once
     and kept there as safetensors under the GGUF file's sha256 (later loads
     skip the slow GGUF reader; the revision stays the GGUF file's hash).
+    ``device_map``: ``"auto"`` spreads the model over the visible GPUs when
+    ``device`` is CUDA (on a CPU device it loads plainly), a dict places modules
+    explicitly (accelerate's format; tests use it to exercise the path on one
+    device); see the module docstring.
     """
     label = name or source
     try:
@@ -334,6 +383,10 @@ def load_model(
             known_revision = _resolve_hub_commit(source, revision)
             load_revision = known_revision or revision
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        if device_map == "auto" and target.type != "cuda":
+            device_map = None  # nothing to spread on a CPU
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         if gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
         if load_revision is not None:
@@ -343,7 +396,12 @@ def load_model(
         else:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         adapter = adapter_for(model)
-        model.to(target)
+        placed = None
+        if device_map is None:
+            model.to(target)
+        else:
+            placed = _placement(model, device_map)
+            target = _input_device(model, adapter)
         model.eval()
         model.requires_grad_(False)
         tokenizer = _load_tokenizer(
@@ -363,4 +421,5 @@ def load_model(
         revision=known_revision,
         dtype=torch_dtype,
         device=target,
+        device_map=placed,
     )

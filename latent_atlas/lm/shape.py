@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TOKEN_COUNT", "ModelShape", "gguf_header_values", "gguf_shape", "model_shape"]
+__all__ = ["TOKEN_COUNT", "ModelShape", "gguf_header_values", "gguf_parameter_count", "gguf_shape", "model_shape"]
 
 # GGUF metadata value types (gguf.GGUFValueType): fixed sizes and struct formats; 8 string, 9 array.
 _GGUF_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -113,6 +113,56 @@ def gguf_header_values(path: Path, suffixes: tuple[str, ...], *, token_count: bo
             if complete():
                 break
     return found
+
+
+def gguf_parameter_count(path: Path) -> int:
+    """The number of weights in a GGUF file: the sum over its tensor table of each tensor's element count.
+
+    Reads the header only (the key/value section is skipped, then the tensor
+    infos are read); a quantised tensor counts its elements, which is what it
+    becomes when dequantised. Raises ``ValueError`` for a file that is not GGUF.
+    """
+    with open(path, "rb") as handle:
+        def read(fmt: str) -> tuple[Any, ...]:
+            return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))
+
+        def skip_string() -> None:
+            (length,) = read("<Q")
+            handle.seek(length, 1)
+
+        def skip(kind: int) -> None:
+            if kind == _GGUF_STRING:
+                skip_string()
+            elif kind == _GGUF_ARRAY:
+                item, count = read("<IQ")
+                if item in _GGUF_FORMATS:
+                    handle.seek(struct.calcsize(_GGUF_FORMATS[item]) * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(item)
+            elif kind in _GGUF_FORMATS:
+                handle.seek(struct.calcsize(_GGUF_FORMATS[kind]), 1)
+            else:
+                raise ValueError(f"unknown GGUF value type {kind}")
+
+        if handle.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        read("<I")  # version
+        n_tensors, n_kv = read("<QQ")
+        for _ in range(n_kv):
+            skip_string()
+            (kind,) = read("<I")
+            skip(kind)
+        total = 0
+        for _ in range(n_tensors):
+            skip_string()  # name
+            (n_dims,) = read("<I")
+            count = 1
+            for dim in read(f"<{n_dims}Q"):
+                count *= int(dim)
+            read("<IQ")  # type, offset
+            total += count
+    return total
 
 
 def gguf_shape(path: Path) -> ModelShape:
