@@ -19,7 +19,8 @@ the frames' states (F, N, d) -> one projection over all of them -> logit lens
   causal model;
 * the hook points are checked against ``output_hidden_states`` on every run
   (``summary["hook_check_max_abs_error"]``);
-* the logit lens (final norm + unembedding) of each prompt's last token at
+* the logit lens (final norm + unembedding + the model's final logit
+  soft-cap, if any: ``latent_atlas.lm.lens.lens_logits``) of each prompt's last token at
   every frame is computed over the whole vocabulary (for KL / JS); the hover
   lens (top-1 id and probability: ``lens_ids`` / ``lens_probs`` (F, N), -1 / 0
   where not computed) covers every point when there are at most
@@ -45,6 +46,7 @@ from latent_atlas.analyses.scan.basis import Basis, fit_pca, fit_umap
 from latent_atlas.analyses.scan.diff import DIVERGENCE_FIELDS, divergence, first_crossing
 from latent_atlas.analyses.scan.params import DIVERGENCE_METRICS, ScanParams, check_basis_run
 from latent_atlas.lm.hooks import COMPONENTS, RESID_POST, capture_points, verify_capture
+from latent_atlas.lm.lens import lens_logits
 from latent_atlas.lm.loading import LanguageModel
 
 __all__ = ["LENS_CPU_MAX_POINTS", "StoredRunsLike", "capture_frames", "frame_labels", "run_scan"]
@@ -105,12 +107,13 @@ def capture_frames(lm: LanguageModel, rows: list[list[int]], points: str) -> tup
 
 
 def _log_probs(lm: LanguageModel, states: np.ndarray) -> np.ndarray:
-    """Logit-lens log-probabilities (n, V) float32 of states (n, d) over the whole vocabulary."""
-    norm = lm.adapter.final_norm_of(lm.model)
-    unembed = lm.adapter.unembedding_of(lm.model)
+    """Logit-lens log-probabilities (n, V) float32 of states (n, d) over the whole vocabulary.
+
+    Through ``lens_logits``: the model's final soft-cap (Gemma 2) is applied, so
+    at the last layer this is the model's own next-token distribution.
+    """
     with torch.inference_mode():
-        x = torch.from_numpy(states).to(device=lm.device, dtype=lm.dtype)
-        return torch.log_softmax(unembed(norm(x)).float(), dim=-1).cpu().numpy()
+        return torch.log_softmax(lens_logits(lm, torch.from_numpy(states)), dim=-1).cpu().numpy()
 
 
 def _hover_lens(lm: LanguageModel, states: list[np.ndarray], cap: int,
@@ -125,8 +128,6 @@ def _hover_lens(lm: LanguageModel, states: list[np.ndarray], cap: int,
     per_prompt = min(max(s.shape[1] for s in states), cap // max(1, frames * len(states)))
     if per_prompt == 0:
         return ids, probs, {"computed": 0, "cap": cap, "positions": "none"}
-    norm = lm.adapter.final_norm_of(lm.model)
-    unembed = lm.adapter.unembedding_of(lm.model)
     offset = 0
     for prompt_states in states:
         t = prompt_states.shape[1]
@@ -136,8 +137,8 @@ def _hover_lens(lm: LanguageModel, states: list[np.ndarray], cap: int,
         with torch.inference_mode():
             for start in range(0, block.shape[0], LENS_CHUNK):
                 progress(0.0, f"logit lens: {start:,} of {block.shape[0]:,} states")
-                x = torch.from_numpy(block[start : start + LENS_CHUNK]).to(device=lm.device, dtype=lm.dtype)
-                p, i = torch.softmax(unembed(norm(x)).float(), dim=-1).max(dim=-1)
+                x = torch.from_numpy(block[start : start + LENS_CHUNK])
+                p, i = torch.softmax(lens_logits(lm, x), dim=-1).max(dim=-1)
                 top_i.append(i.cpu().numpy())
                 top_p.append(p.cpu().numpy())
         ids[:, offset + first : offset + t] = np.concatenate(top_i).reshape(frames, t - first)
