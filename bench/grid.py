@@ -8,8 +8,9 @@ Usage::
 
 Baseline (the straightforward approach): batches of 1000 cells of the direct
 plane, each cell a one-position sequence through the remaining blocks (each
-block called on the batch), the final norm, the unembedding, a full softmax
-over the vocabulary and its argmax (top-1 only). The real implementation is
+block called on the batch), the final norm, the unembedding, the model's
+final logit soft-cap (Gemma 2; ``soft_cap``), a full softmax over the
+vocabulary and its argmax (top-1 only). The real implementation is
 ``run_grid`` (top-5, probabilities and entropy; the exact fast path at L).
 
 Sections (each prints its figures as it goes):
@@ -57,6 +58,7 @@ from _model import load_bench_model
 from latent_atlas.analyses.grid import GridParams, run_grid
 from latent_atlas.analyses.grid.planes import direct_plane, grid_axis
 from latent_atlas.lm import LanguageModel, resolve_device
+from latent_atlas.lm.adapters import soft_cap
 
 BASELINE_BATCH = 1000
 SPACING = {"last": 8.0, "mid": 8.0}  # direct plane: x, y in +-N/2 * spacing
@@ -125,6 +127,7 @@ def baseline_top1(lm: LanguageModel, layer: int, size: int, spacing: float,
     blocks = lm.adapter.blocks_of(model)[layer:]
     norm = lm.adapter.final_norm_of(model)
     head = lm.adapter.unembedding_of(model)
+    cap = lm.adapter.softcap_of(model)
     rotary = getattr(model.base_model, "rotary_emb", None)
     plane = direct_plane(lm.d_model)
     axis = torch.from_numpy(grid_axis(size, 0.0, spacing))
@@ -144,7 +147,7 @@ def baseline_top1(lm: LanguageModel, layer: int, size: int, spacing: float,
             for block in blocks:
                 out = block(hidden, attention_mask=None, **kwargs)
                 hidden = out[0] if isinstance(out, tuple) else out
-            logits = head(norm(hidden[:, 0])).float()
+            logits = soft_cap(head(norm(hidden[:, 0])).float(), cap)
             probs = torch.softmax(logits, dim=-1)
             top1[start : start + index.numel()] = probs.argmax(dim=-1).cpu().numpy()
     return top1.reshape(size, size)
@@ -177,14 +180,18 @@ def softmax_floor(lm: LanguageModel, cells: int, clock: Clock, chunk: int = 16) 
 
 
 def arbiter_top1(lm: LanguageModel, size: int, spacing: float, cells: np.ndarray) -> np.ndarray:
-    """Top-1 at layer L of the given flat cells, computed in float64 (final norm + unembedding)."""
+    """Top-1 at layer L of the given flat cells, computed in float64 (final norm + unembedding).
+
+    The RMSNorm gain is ``norm_weight_offset + w`` (Gemma's ``1 + w``). The final
+    soft-cap is monotonic, so it cannot change the argmax and is left out here.
+    """
     plane = direct_plane(lm.d_model)
     axis = torch.from_numpy(grid_axis(size, 0.0, spacing))
     index = torch.from_numpy(cells)
     h = (plane.center + axis[index % size, None] * plane.u + axis[index // size, None] * plane.v)
     norm = lm.adapter.final_norm_of(lm.model)
     weight = lm.adapter.unembedding_of(lm.model).weight.detach().double().cpu()
-    gain = norm.weight.detach().double().cpu()
+    gain = norm.weight.detach().double().cpu() + lm.adapter.norm_weight_offset
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
     normed = h * torch.rsqrt((h * h).mean(dim=1, keepdim=True) + eps) * gain
     return (normed @ weight.T).argmax(dim=1).numpy()
