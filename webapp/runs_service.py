@@ -22,7 +22,9 @@ Invariants:
   the model's block count and vocabulary size from its config alone
   (``webapp.model_shape``: config.json or the GGUF header, never weights), so
   layers and token ids are checked before queueing (context keys ``n_layers``
-  and ``vocab_size``).
+  and ``vocab_size``); a catalogue model whose local files are absent (never
+  fetched) is refused before queueing with the path and the fetch command
+  (``latent_atlas.lm.fetch.missing_files``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sqlalchemy import String, cast, func, select, update
 from sqlalchemy.orm import selectinload
 
 from latent_atlas.analyses import get_kind
+from latent_atlas.lm.fetch import missing_files
 from latent_atlas.settings import get_settings
 from models import Run, RunStatus, User, session_scope
 from models.base import utcnow
@@ -167,6 +170,9 @@ def validate_params(kind_name: str, raw: Any) -> Any:
                                "run_info": run_info, "sae_run_dir": sae_run_dir}
     model_name = raw.get("model")
     if isinstance(model_name, str) and model_name in settings.models:
+        missing = missing_files(model_name, settings.model_source(model_name))
+        if missing is not None:  # a catalogue model whose files were never fetched
+            raise SubmissionError([f"model: {missing}"])
         context["count_tokens"] = _token_counter(model_name)
         shape = model_shape(model_name)  # bounds of layers and token ids, from the config alone
         if shape.n_layers is not None:
