@@ -3,7 +3,10 @@
 Public names are re-exported here; each lives in a small module with one job:
 ``loading`` (model + tokenizer), ``adapters`` (where a family keeps its
 modules), ``hooks`` (the four points of every block), ``lens`` (logit lens),
-``device`` (the device setting) and ``demo`` (the offline demo model).
+``device`` (the device setting, a module's device), ``shape`` (a model's
+shape from its config or GGUF header), ``memory`` (what a model needs and
+whether it fits the devices), ``fetch`` (the offline models of the catalogue),
+``demo`` / ``gemma3_fetch`` (their downloads).
 """
 
 from latent_atlas.lm.adapters import ADAPTERS, ArchitectureAdapter, adapter_for
