@@ -71,3 +71,27 @@ def test_gemma3_injection_with_context(gemma3: LanguageModel) -> None:
         state = capture.resid_pre(layer) if layer < 18 else capture.points[-1][3]
         logits = run_from_layer(gemma3, layer, state[:, -1], prefix=context.prefix).float()
         torch.testing.assert_close(logits, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.demo_model
+def test_gemma3_memory_estimate_and_device_map_load(gemma3: LanguageModel) -> None:
+    """The GGUF tensor table counts the loaded parameters; an explicit map (all "cpu") loads the same model."""
+    from latent_atlas.lm.memory import needed_memory_gb, parameter_count
+
+    n = parameter_count(gemma3.source, gguf_file=GEMMA3_GGUF_FILE)
+    assert n == sum(p.numel() for p in gemma3.model.parameters()) == 268_098_176
+    assert needed_memory_gb(n, "float32") == pytest.approx(268_098_176 * 4 * 1.2 / 1e9)
+    placement = {f"model.layers.{i}": "cpu" for i in range(18)}
+    placement.update({"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"})
+    mapped = load_model(gemma3.source, gguf_file=GEMMA3_GGUF_FILE, name="gemma3-270m", device_map=placement,
+                        tokenizer_cache_dir=REPO_ROOT / ".atlas" / "tokenizers",
+                        gguf_cache_dir=REPO_ROOT / ".atlas" / "converted")
+    assert mapped.device_map == placement
+    ids = gemma3.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = gemma3.model(input_ids=ids).logits[:, -1].float()
+    capture = capture_points(mapped, ids)
+    for layer in (0, 9, 18):
+        state = capture.resid_pre(layer) if layer < 18 else capture.points[-1][3]
+        got = run_from_layer(mapped, layer, state[:, -1], prefix=compute_context(mapped, ids[0].tolist()).prefix)
+        torch.testing.assert_close(got.float(), expected, rtol=1e-3, atol=1e-3)
