@@ -6,10 +6,15 @@
 * ``harvest``: sequences are run ``batch_tokens // context_len`` at a time through
   ``activations.activations_at`` (the forward stops at the hooked point: no later
   block, norm or unembedding runs), the rows at real tokens past ``skip_positions``
-  go through ``sae.encode``, the non-zero entries come to the CPU as a
-  ``SparseBatch`` and feed every reducer (``reducers.HarvestReducers``) and the CSC
-  writer. The reducers of batch i run in a worker thread while the device computes
-  batch i + 1 (numpy and torch release the GIL).
+  go through ``sae.encode``, except attention-sink outliers (norm over
+  ``outlier_factor`` x the batch's median, as ``sae_train`` leaves them out; counted
+  in ``HarvestTokens.outliers_dropped``, stored but never encoded). When
+  ``reducers`` has a device set (``HarvestReducers(device=...)``), top-k, histogram,
+  stats (and co-firing off the CPU) reduce the dense activations in torch where they
+  are; then the non-zero entries come to the CPU as a ``SparseBatch`` for the
+  host-side reducers (intervals; co-firing on a CPU) and the CSC writer. The host
+  work of batch i runs in a worker thread while the device computes batch i + 1
+  (numpy and torch release the GIL).
 * ``CscWriter``: the per-token sparse activations, latent-major. Batches are appended
   token-major to an anonymous temporary file (12 bytes per non-zero); ``finish``
   counting-sorts them into ``lat_token`` / ``lat_value`` arrays mapped on anonymous
@@ -18,8 +23,8 @@
 
 Global token index = position in the harvested token arrays (``token_id``,
 ``token_doc`` = sequence index, ``token_pos`` = position in the sequence); tokens in
-the first ``skip_positions`` of a sequence are stored (so windows show them) but
-never encoded.
+the first ``skip_positions`` of a sequence, and outliers, are stored (so windows
+show them) but never encoded.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import numpy as np
 import torch
 
 from latent_atlas.analyses.sae.reducers import HarvestReducers, SparseBatch
+
+OUTLIER_FACTOR = 10.0  # = activations.OUTLIER_FACTOR (not imported: that module loads the model stack)
 
 __all__ = ["CscWriter", "HarvestTokens", "corpus_sequences", "harvest", "scratch_array"]
 
@@ -100,11 +107,12 @@ class CscWriter:
 
 @dataclass(frozen=True)
 class HarvestTokens:
-    """The harvested tokens: (T,) int32 each."""
+    """The harvested tokens: (T,) int32 each; and how many were outliers left out of the encoding."""
 
     token_id: np.ndarray
     token_doc: np.ndarray
     token_pos: np.ndarray
+    outliers_dropped: int = 0
 
 
 def corpus_sequences(sequences: Sequence[Sequence[int]], n_tokens: int, context_len: int,
@@ -136,10 +144,13 @@ def _batches(lengths: np.ndarray, per_batch: int) -> list[tuple[int, int]]:
 def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: HarvestReducers, *,
             batch_tokens: int, skip_positions: int, progress: Callable[[float, str], None],
             csc: CscWriter | None = None, forward: Callable[..., torch.Tensor] | None = None,
-            progress_span: tuple[float, float] = (0.0, 1.0)) -> HarvestTokens:
+            progress_span: tuple[float, float] = (0.0, 1.0),
+            outlier_factor: float = OUTLIER_FACTOR) -> HarvestTokens:
     """Run every sequence; feed ``reducers`` and ``csc``; returns the token arrays (see the module docstring).
 
     ``forward(lm, input_ids, attention_mask, hook)`` defaults to ``activations.activations_at``.
+    ``outlier_factor`` (0: off) leaves out of the encoding the rows whose norm exceeds that
+    multiple of the median norm of their batch, as ``sae_train`` does (``activations.drop_outliers``).
     """
     if forward is None:
         from latent_atlas.analyses.sae.activations import activations_at as forward
@@ -157,6 +168,7 @@ def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: 
     spans = _batches(lengths, per_batch)
     lo, hi = progress_span
     pending: Future | None = None
+    outliers = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         for number, (first, last) in enumerate(spans):
             lens = lengths[first:last]
@@ -170,14 +182,26 @@ def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: 
             keep[:, :skip_positions] = False
             acts = forward(lm, ids, mask, hook)
             with torch.no_grad():
-                rows = acts[keep.to(acts.device)].to(device=sae_device, dtype=sae_dtype)
+                rows = acts[keep.to(acts.device)]
+                if outlier_factor and rows.shape[0]:
+                    norms = rows.float().norm(dim=-1)
+                    ok = norms <= outlier_factor * norms.median()
+                    n_out = int((~ok).sum())
+                    if n_out:
+                        outliers += n_out
+                        keep[keep.clone()] = ok.cpu()
+                        rows = rows[ok]
+                rows = rows.to(device=sae_device, dtype=sae_dtype)
                 feats = sae.encode(rows)
-                where = torch.nonzero(feats)
-                values = feats[where[:, 0], where[:, 1]].float().cpu().numpy()
-                where = where.cpu().numpy()
             # global token index of each encoded row, in (sequence, position) order
             seq_rows, positions = np.nonzero(keep.numpy())
             global_row = offsets[first + seq_rows] + positions
+            with torch.no_grad():
+                if reducers.on_device is not None:
+                    reducers.update_dense(feats, torch.from_numpy(global_row).to(feats.device))
+                where = torch.nonzero(feats)
+                values = feats[where[:, 0], where[:, 1]].float().cpu().numpy()
+                where = where.cpu().numpy()
             batch = SparseBatch(global_row[where[:, 0]], where[:, 1].astype(np.int64), values,
                                 token_start=int(offsets[first]), n_tokens=int(offsets[last] - offsets[first]),
                                 encoded=int(global_row.size))
@@ -188,7 +212,7 @@ def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: 
                      f"harvesting: {int(offsets[last]):,} of {total:,} tokens")
         if pending is not None:
             pending.result()
-    return HarvestTokens(token_id, token_doc, token_pos)
+    return HarvestTokens(token_id, token_doc, token_pos, outliers)
 
 
 def _consume(reducers: HarvestReducers, csc: CscWriter | None, batch: SparseBatch) -> None:

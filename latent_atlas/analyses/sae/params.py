@@ -145,6 +145,7 @@ class SaeParams(BaseModel):
     umap_neighbors: StrictInt = Field(15, ge=2, le=200)
     batch_tokens: StrictInt = Field(4096, ge=16, le=262_144)  # tokens per forward pass
     cofire: StrictBool = True
+    drop_outliers: StrictBool = True  # attention-sink rows (norm > 10x the batch median) are not encoded
     seed: StrictInt = Field(0, ge=0, le=2**31 - 1)
 
     @model_validator(mode="after")

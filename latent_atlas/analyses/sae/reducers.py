@@ -197,10 +197,16 @@ class HarvestReducers:
     """Every per-latent reducer of a harvest, fed the same batches; ``merge`` and ``result`` in one.
 
     ``cofire`` is False for SAEs wider than ``cofire.MAX_COFIRE_LATENTS`` (no edges then).
+
+    With ``device`` (a torch device), top-k, histogram and stats run in torch on that
+    device (``device_reducers.DeviceReducerSet``, fed by ``update_dense``), and so does
+    co-firing unless the device is the CPU (there the numba pair kernel is faster);
+    ``update`` then feeds only the host-side rest (intervals, CPU co-firing). ``merge``
+    and ``result`` first bring the device state home (``finish_device``).
     """
 
     def __init__(self, d_sae: int, *, top_k: int, interval_bins: int, interval_per_bin: int,
-                 hist_bins: int, seed: int = 0, cofire: bool = True) -> None:
+                 hist_bins: int, seed: int = 0, cofire: bool = True, device: object = None) -> None:
         from latent_atlas.analyses.sae.cofire import CoFiring
         from latent_atlas.analyses.sae.intervals import Intervals
 
@@ -210,18 +216,50 @@ class HarvestReducers:
         self.hist = Histogram(d_sae, hist_bins)
         self.intervals = Intervals(d_sae, interval_bins, interval_per_bin, seed)
         self.cofire = CoFiring(d_sae) if cofire else None
+        self.on_device = None
+        if device is not None:
+            import torch
+
+            from latent_atlas.analyses.sae.device_reducers import DeviceReducerSet
+
+            device = torch.device(device)  # type: ignore[call-overload]
+            self.on_device = DeviceReducerSet(d_sae, top_k=top_k, hist_bins=hist_bins, device=device,
+                                              cofire=cofire and device.type != "cpu")
+            if self.on_device.cofire is not None:
+                self.cofire = None
 
     def update(self, batch: SparseBatch) -> None:
-        self.stats.update(batch)
-        self.topk.update(batch)
-        self.hist.update(batch)
+        """Every host-side reducer (all of them unless a device set runs the rest)."""
+        if self.on_device is None:
+            self.stats.update(batch)
+            self.topk.update(batch)
+            self.hist.update(batch)
         self.intervals.update(batch)
         if self.cofire is not None:
             self.cofire.update(batch)
 
+    def update_dense(self, feats: object, token: object) -> None:
+        """The device-side reducers: ``feats`` (n, d) and ``token`` (n,) global indices, torch, on the device."""
+        if self.on_device is None:
+            raise ValueError("update_dense needs HarvestReducers(..., device=...)")
+        self.on_device.update(feats, token)  # type: ignore[arg-type]
+
+    def finish_device(self) -> None:
+        """Bring the device state to the host (idempotent); afterwards all reducers are numpy."""
+        part = self.on_device
+        if part is None:
+            return
+        self.stats, self.topk, self.hist = part.stats.to_numpy(), part.topk.to_numpy(), part.hist.to_numpy()
+        if part.cofire is not None:
+            self.cofire = part.cofire.to_numpy()
+        self.on_device = None
+
     def merge(self, other: HarvestReducers) -> HarvestReducers:
+        self.finish_device()
+        other.finish_device()
         out = HarvestReducers.__new__(HarvestReducers)
         out.d_sae = self.d_sae
+        out.on_device = None
         out.stats = self.stats.merge(other.stats)
         out.topk = self.topk.merge(other.topk)
         out.hist = self.hist.merge(other.hist)
@@ -233,6 +271,7 @@ class HarvestReducers:
 
     def result(self, edges_k: int) -> dict[str, np.ndarray]:
         """The contract's per-latent arrays (co-firing edges all padding when not computed)."""
+        self.finish_device()
         arrays = {**self.stats.result(), **self.topk.result(), **self.hist.result(),
                   **self.intervals.result()}
         if self.cofire is not None:

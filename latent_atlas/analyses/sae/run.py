@@ -33,7 +33,13 @@ from latent_atlas.analyses.sae.decoder_geometry import (
     default_n_clusters,
     spectral_clusters,
 )
-from latent_atlas.analyses.sae.harvest import CscWriter, corpus_sequences, harvest, windows_needed
+from latent_atlas.analyses.sae.harvest import (
+    OUTLIER_FACTOR,
+    CscWriter,
+    corpus_sequences,
+    harvest,
+    windows_needed,
+)
 from latent_atlas.analyses.sae.logit_effects import latent_labels, logit_effects
 from latent_atlas.analyses.sae.params import SaeParams
 from latent_atlas.analyses.sae.reducers import HarvestReducers
@@ -104,13 +110,17 @@ def run_sae(params: SaeParams, lm: Any, progress: Progress = no_progress, *, run
     from latent_atlas.analyses.sae.cofire import MAX_COFIRE_LATENTS
 
     cofire = params.cofire and d_sae <= MAX_COFIRE_LATENTS
+    sae_device = next(sae.parameters()).device
+    # off the CPU, top-k / histogram / stats / co-firing reduce where the activations are;
+    # on a CPU the numpy reducers are faster (bench/sae.py --sections throughput)
     reducers = HarvestReducers(d_sae, top_k=params.top_k, interval_bins=params.interval_bins,
                                interval_per_bin=params.interval_per_bin, hist_bins=params.hist_bins,
-                               seed=params.seed, cofire=cofire)
+                               seed=params.seed, cofire=cofire,
+                               device=None if sae_device.type == "cpu" else sae_device)
     csc = CscWriter(d_sae)
     tokens = harvest(lm, sae, hook, sequences, reducers, batch_tokens=params.batch_tokens,
                      skip_positions=params.skip_positions, progress=progress, csc=csc,
-                     progress_span=(0.02, 0.8))
+                     progress_span=(0.02, 0.8), outlier_factor=OUTLIER_FACTOR if params.drop_outliers else 0.0)
     timings["harvest_s"] = time.perf_counter() - started
     started = time.perf_counter()
     progress(0.8, "sorting the sparse activations by latent")
@@ -153,6 +163,10 @@ def run_sae(params: SaeParams, lm: Any, progress: Progress = no_progress, *, run
         "hook_point": hook.point, "architecture": str(sae.cfg.architecture()),
         "n_tokens": int(tokens.token_id.size), "tokens_requested": params.n_tokens,
         "tokens_encoded": int(reducers.stats.n_tokens), "sequences": len(sequences),
+        "outliers_dropped": tokens.outliers_dropped,
+        "outlier_rule": (f"rows with a norm over {OUTLIER_FACTOR:g}x their batch's median left out of the encoding"
+                         if params.drop_outliers else "none left out"),
+        "reducers_on": "host (numpy)" if sae_device.type == "cpu" else f"{sae_device} (torch) + host",
         "corpus_note": note, "window": params.window, "top_k": params.top_k,
         "interval_bins": params.interval_bins, "interval_per_bin": params.interval_per_bin,
         "edges_k": params.edges_k, "n_clusters": n_clusters, "spectral_affinity": affinity,

@@ -151,6 +151,12 @@ def summary_part(data: SaeData) -> html.Div:
     requested = s.get("tokens_requested")
     if isinstance(requested, int) and requested != data.n_tokens:
         parts.append(f"{requested:,} asked for")
+    dropped = s.get("outliers_dropped")
+    if isinstance(dropped, int) and str(s.get("outlier_rule", "")).startswith("rows"):
+        parts.append(f"{dropped:,} attention-sink outlier{'' if dropped == 1 else 's'} not encoded "
+                     "(norm > 10× the batch median)")
+    elif isinstance(dropped, int):
+        parts.append("outliers kept (drop_outliers off)")
     return html.Div([html.Span(" · ".join(parts)),
                      html.Div(str(note), className="text-muted small") if note else None],
                     id="sae-summary", className="mb-2")
