@@ -305,14 +305,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         fetch_demo()
         fetch_corpus()
     ensure_admin_announced()
-    lane_fraction = settings.interactive.gpu_memory_fraction
-    processes = [
-        subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h"),
-                         env=worker_env(round(0.95 - lane_fraction, 4))),
-        subprocess.Popen(worker_command("interactive", 1, args.loglevel, "interactive@%h"),
-                         env=worker_env(lane_fraction)),
-        subprocess.Popen(web_command(host, port, args.web_workers)),
-    ]
+    # The web first, the workers once it answers: their imports (torch, the analyses) would
+    # otherwise compete with the web's start on a small machine. Runs queue meanwhile.
+    processes = [subprocess.Popen(web_command(host, port, args.web_workers))]
 
     def stop(*_: object) -> None:
         for process in processes:
@@ -330,6 +325,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         _log("error: the web app did not come up; see the log above")
         stop()
         return 1
+    lane_fraction = settings.interactive.gpu_memory_fraction
+    processes += [
+        subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h"),
+                         env=worker_env(round(0.95 - lane_fraction, 4))),
+        subprocess.Popen(worker_command("interactive", 1, args.loglevel, "interactive@%h"),
+                         env=worker_env(lane_fraction)),
+    ]
     _log(f"\n  Latent Atlas is running: {url}\n  Log in with the admin account "
          f"(password in {settings.data_dir / 'admin-password.txt'}). Ctrl-C stops it.\n")
     try:

@@ -84,3 +84,29 @@ def test_store_reads_only_the_asked_rows(tmp_path: Path) -> None:
     with pytest.raises(IndexError, match="0..299"):
         store.read_rows(uri, np.array([300]))
     assert store.read_rows(uri, np.array([], dtype=np.int64)).shape == (0, 5, 2)
+
+
+def test_the_lens_run_page_shows_the_decoded_token_strings_escaped():
+    """The page of a geometry_lens run: token strings from its summary (not '#id'), as text children."""
+    from types import SimpleNamespace
+
+    from webapp.views.geometry import lens as lens_view
+
+    run = SimpleNamespace(summary={"source_run": "abcdefghijkl", "k": 2,
+                                   "tokens": {"28": ",", "378": " <b>The</b>"}}, params={})
+    arrays = {"rows": np.array([0, 5]), "lens_ids": np.array([[378, 28], [28, -1]], dtype=np.int32),
+              "lens_probs": np.array([[0.9, 0.1], [1.0, 0.0]], dtype=np.float16)}
+    texts: list[str] = []
+
+    def collect(node) -> None:
+        if isinstance(node, str):
+            texts.append(node)
+        elif isinstance(node, list | tuple):
+            for child in node:
+                collect(child)
+        elif getattr(node, "children", None) is not None:
+            collect(node.children)
+
+    collect(lens_view.render(run, arrays))
+    assert "' <b>The</b>'" in texts and "','" in texts  # the strings, quoted, as text (React escapes them)
+    assert not any(t.startswith("'#") for t in texts)

@@ -23,10 +23,11 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     summary = dict(run.summary or {})
     source = str(summary.get("source_run") or (run.params or {}).get("source_run") or "")
     rows, ids, probs = arrays.get("rows"), arrays.get("lens_ids"), arrays.get("lens_probs")
+    strings = {"lens": {"tokens": summary.get("tokens") or {}}}  # a lens run keeps them at the top level
     if rows is None or ids is None or probs is None:
         return dbc.Alert("This run has no decoded points to show.", color="warning")
     body = [html.Tr([html.Td(str(int(row))),
-                     *[html.Td([html.Code(gf.token_label(gf.lens_token(summary, int(t)))),
+                     *[html.Td([html.Code(gf.token_label(gf.lens_token(strings, int(t)))),
                                 html.Small(f" {float(p):.3f}", className="text-muted")])
                        for t, p in zip(ids[i], probs[i], strict=True) if t >= 0]])
             for i, row in enumerate(rows[:MAX_TABLE_ROWS])]
