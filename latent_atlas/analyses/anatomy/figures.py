@@ -265,7 +265,9 @@ def lens_figure(lens_ids: np.ndarray, lens_probs: np.ndarray, labels: Sequence[s
     stop = lens_ids.shape[1] if stop is None else stop
     ids = lens_ids[:, start:stop]
     probs = np.asarray(lens_probs[:, start:stop], dtype=np.float32)
-    words = np.array([[token_text(vocab.get(str(int(i)), "?"), 10) for i in row] for row in ids], dtype=object)
+    # id -1: a position the run did not decode (before its lens window); left blank
+    words = np.array([[token_text(vocab.get(str(int(i)), "?"), 10) if i >= 0 else "" for i in row] for row in ids],
+                     dtype=object)
     fig = go.Figure(go.Heatmap(
         z=probs, x=position_labels(tokens)[start:stop], y=list(labels), text=words, zmin=0, zmax=1,
         texttemplate="%{text}" if ids.size <= 4000 else None, textfont={"size": 9}, colorscale="Purples",

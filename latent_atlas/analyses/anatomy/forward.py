@@ -3,8 +3,13 @@
 ``trace(lm, ids, target, foil)`` runs the model once with eager attention
 (``output_attentions`` needs it: SDPA and flash kernels never form the
 pattern), the token embeddings as a leaf that requires a gradient, hooks on
-the block points and on the MLP's down projection, then back-propagates the
-saliency score. Invariants:
+the block points and on the MLP's down projection (``DOWN_PROJECTIONS``: every
+supported family), then back-propagates the saliency score. Invariants:
+
+* the points are the adapters' (``latent_atlas.lm.adapters``): for a parallel
+  block (GPT-NeoX) ``resid_mid`` is derived as ``resid_pre + attn_out``; for
+  Gemma 2/3 ``attn_out`` and ``mlp_out`` are the outputs of the norms after
+  attention and MLP (what is added to the residual);
 
 * the model's attention implementation is switched to ``eager`` only inside
   ``eager_attention`` and restored afterwards, also when the forward raises
@@ -32,15 +37,25 @@ from latent_atlas.lm.loading import LanguageModel
 
 __all__ = ["DOWN_PROJECTIONS", "Trace", "down_projection", "eager_attention", "score_of", "trace"]
 
-# The MLP's last linear map per family: its input is the neuron activations.
-DOWN_PROJECTIONS: dict[str, str] = {"gpt2": "c_proj", "llama": "down_proj"}
+# The MLP's last linear map per family (a child of the adapter's ``mlp_module``, the MLP itself even where
+# the ``mlp`` point is a norm after it: Gemma 2/3): its input is the neuron activations (for gated MLPs,
+# act(gate) * up; Phi-3's fused gate_up_proj feeds the same down_proj). Every family of ADAPTERS is listed
+# (tests/unit/anatomy/test_families.py runs each).
+DOWN_PROJECTIONS: dict[str, str] = {
+    "gpt2": "c_proj",
+    "gpt_neox": "dense_4h_to_h",
+    **{family: "down_proj" for family in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2",
+                                          "gemma3", "gemma3_multimodal")},
+}
 
 
 def down_projection(lm: LanguageModel, block: torch.nn.Module) -> torch.nn.Module:
+    """The MLP's down projection in ``block``; ``ValueError`` naming the family when none is known."""
     name = DOWN_PROJECTIONS.get(lm.adapter.family)
-    if name is None:
+    module = getattr(lm.adapter.mlp_module_of(block), name, None) if name is not None else None
+    if not isinstance(module, torch.nn.Module):
         raise ValueError(f"no MLP down projection is known for family {lm.adapter.family!r}")
-    return getattr(lm.adapter.mlp_of(block), name)
+    return module
 
 
 @contextmanager
@@ -92,8 +107,8 @@ def trace(lm: LanguageModel, ids: list[int], target: int | None = None, foil: in
     model = lm.model
     blocks = lm.adapter.blocks_of(model)
     n = len(blocks)
-    slots: dict[str, list[Any]] = {k: [None] * n for k in ("mid", "post", "attn", "mlp", "neurons")}
-    first_input: list[Tensor] = []
+    slots: dict[str, list[Any]] = {k: [None] * n for k in ("pre", "mid", "post", "attn", "mlp", "neurons")}
+    parallel = [lm.adapter.is_parallel(block) for block in blocks]
     handles: list[RemovableHandle] = []
 
     def out_hook(key: str, layer: int):
@@ -107,19 +122,17 @@ def trace(lm: LanguageModel, ids: list[int], target: int | None = None, foil: in
             slots[key][layer] = value.detach()
         return hook
 
-    def first_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        first_input.append((args[0] if args else kwargs["hidden_states"]).detach())
-
     input_ids = torch.tensor([ids], device=lm.device)
     with torch.no_grad():
         embeddings = lm.adapter.token_embedding_of(model)(input_ids)
     leaf = embeddings.detach().clone().requires_grad_(True)
     try:
-        handles.append(blocks[0].register_forward_pre_hook(first_hook, with_kwargs=True))
         for layer, block in enumerate(blocks):
+            handles.append(block.register_forward_pre_hook(in_hook("pre", layer), with_kwargs=True))
             handles.append(lm.adapter.attention_of(block).register_forward_hook(out_hook("attn", layer)))
-            handles.append(lm.adapter.post_attention_norm_of(block).register_forward_pre_hook(
-                in_hook("mid", layer), with_kwargs=True))
+            if not parallel[layer]:  # a parallel block never forms resid_mid: derived below
+                handles.append(lm.adapter.post_attention_norm_of(block).register_forward_pre_hook(
+                    in_hook("mid", layer), with_kwargs=True))
             handles.append(lm.adapter.mlp_of(block).register_forward_hook(out_hook("mlp", layer)))
             handles.append(block.register_forward_hook(out_hook("post", layer)))
             handles.append(down_projection(lm, block).register_forward_pre_hook(
@@ -138,13 +151,17 @@ def trace(lm: LanguageModel, ids: list[int], target: int | None = None, foil: in
     if len(attentions) != n or any(a is None for a in attentions):
         raise RuntimeError("the model did not return attention patterns (eager attention needed)")
 
+    for layer in range(n):
+        if parallel[layer]:  # the adapters' definition: resid_mid = resid_pre + attn_out
+            slots["mid"][layer] = slots["pre"][layer] + slots["attn"][layer]
+
     def cpu(values: list[Tensor]) -> list[Tensor]:
         return [v[0].float().cpu() for v in values]
 
     return Trace(
         embeddings=leaf.detach()[0].float().cpu(),
         gradient=gradient[0].float().cpu(),
-        block_input=first_input[0][0].float().cpu(),
+        block_input=slots["pre"][0][0].float().cpu(),
         resid_mid=cpu(slots["mid"]),
         resid_post=cpu(slots["post"]),
         attn_out=cpu(slots["attn"]),

@@ -14,7 +14,10 @@ Validated in the web process before anything is queued (validation context:
 * a foil needs a target or the predicted token to compare with (it is always
   one: without a target the predicted next token is the target);
 * ``ig_steps`` (0 = no integrated gradients) and ``ig_batch`` are bounded so
-  one run's cost is bounded.
+  one run's cost is bounded;
+* ``lens_positions`` (1..``MAX_TOKENS``): the logit lens decodes every point
+  at the prompt's last ``lens_positions`` positions (the whole prompt when it
+  is shorter); its cost grows with it (``lens.py`` says by how much).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from latent_atlas.analyses.validation import (
     context_get,
 )
 
-__all__ = ["AnatomyParams", "DEFAULT_PROMPT", "MAX_IG_STEPS", "MAX_TOKENS", "Projection"]
+__all__ = ["AnatomyParams", "DEFAULT_PROMPT", "LENS_POSITIONS", "MAX_IG_STEPS", "MAX_TOKENS", "Projection"]
 
 MAX_TOKENS = 512
 MAX_IG_STEPS = 256
@@ -41,6 +44,7 @@ MAX_TOP_NEURONS = 32
 MAX_VOCAB_SAMPLE = 20_000
 MAX_NEIGHBOURS = 20
 MAX_TARGET_CHARS = 100
+LENS_POSITIONS = 32  # the page's lens window; each decoded state costs a vocabulary x width product
 
 DEFAULT_PROMPT = "The capital of France is"
 
@@ -82,6 +86,8 @@ class AnatomyParams(BaseModel):
     neighbours: StrictInt = Field(8, ge=1, le=MAX_NEIGHBOURS, description="nearest tokens by cosine per prompt token")
     projection: Projection = "pca"
     sublayer_lens: StrictBool = Field(True, description="logit lens also after each attention add")
+    lens_positions: StrictInt = Field(LENS_POSITIONS, ge=1, le=MAX_TOKENS,
+                                      description="the logit lens decodes every point at this many last positions")
     seed: StrictInt = Field(0, ge=0, le=2**31 - 1, description="vocabulary sample and UMAP seed")
 
     @field_validator("prompt")

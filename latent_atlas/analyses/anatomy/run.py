@@ -15,7 +15,8 @@ query heads, P lens points, k neurons, N projected ids, D distinct prompt ids):
   ``embed_ids[:D]``;
 * ``saliency_grad_norm``, ``saliency_grad_input`` (T,) float32, and
   ``saliency_ig`` (T,) when ``ig_steps > 0``;
-* ``lens_ids`` (P, T) int32, ``lens_probs`` (P, T) float32; ``lens_final_prob``,
+* ``lens_ids`` (P, T) int32, ``lens_probs`` (P, T) float32, decoded at the
+  positions ``summary["lens_decoded_from"]`` .. T-1 (-1 and NaN before); ``lens_final_prob``,
   ``lens_entropy``, ``lens_kl`` (P,) float32, ``lens_final_rank`` (P,) int32.
 
 The summary holds token strings (``tokens``: the prompt's, one per position;
@@ -64,7 +65,7 @@ def one_token(lm: LanguageModel, text: str, field: str) -> int:
 
 
 def _decode(lm: LanguageModel, ids: Any) -> dict[str, str]:
-    unique = sorted({int(i) for i in np.asarray(ids).ravel()})
+    unique = sorted({int(i) for i in np.asarray(ids).ravel() if i >= 0})  # -1: not decoded
     return {str(i): s for i, s in zip(unique, lm.tokenizer.batch_decode([[i] for i in unique]), strict=True)}
 
 
@@ -118,7 +119,7 @@ def run_anatomy(params: AnatomyParams, lm: LanguageModel, progress: Progress = n
 
     progress(0.5, "logit lens")
     labels, states = lens_points(tr.block_input, tr.resid_mid, tr.resid_post, params.sublayer_lens)
-    table = lens_table(lm, labels, states)
+    table = lens_table(lm, labels, states, params.lens_positions)
     del states
     arrays.update({"lens_ids": table.top_ids, "lens_probs": table.top_probs,
                    "lens_final_prob": table.final_prob, "lens_final_rank": table.final_rank,
@@ -169,6 +170,7 @@ def run_anatomy(params: AnatomyParams, lm: LanguageModel, progress: Progress = n
         "diagram": parts,
         "lens_labels": labels,
         "lens_final_id": table.final_id,
+        "lens_decoded_from": table.decoded_from,
         "embedding": {"projection": params.projection, "prompt_rows": view.prompt_rows,
                       "explained_variance_ratio": view.explained, "sample": int(view.ids.size - view.prompt_rows)},
         "saliency": saliency,

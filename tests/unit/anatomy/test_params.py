@@ -40,6 +40,9 @@ def test_defaults_and_512_tokens(context: dict) -> None:
     ({"prompt": "abc", "target": "a", "foil": "a"}, "foil must differ"),
     ({"prompt": "abc", "ig_steps": True}, "valid integer"),
     ({"prompt": "abc", "projection": "tsne"}, "'pca' or 'umap'"),
+    ({"prompt": "abc", "lens_positions": 0}, "greater than or equal to 1"),
+    ({"prompt": "abc", "lens_positions": 513}, "less than or equal to 512"),
+    ({"prompt": "abc", "lens_positions": 3.0}, "valid integer"),
     ({"prompt": "abc", "model": "other"}, "not in this portal's catalogue"),
     ({"prompt": "abc", "surprise": 1}, "Extra inputs are not permitted"),
 ])

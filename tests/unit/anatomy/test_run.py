@@ -80,12 +80,38 @@ def test_logit_lens_last_point_equals_the_models_logits(lm: LanguageModel, resul
     with torch.no_grad():
         logits = lm.model(_ids(lm)).logits[0].float()
     probs = torch.softmax(logits, -1)
-    assert a["lens_ids"][-1].tolist() == logits.argmax(-1).tolist()
-    np.testing.assert_allclose(a["lens_probs"][-1], probs.max(-1).values.numpy(), rtol=1e-4, atol=1e-6)
+    first = s["lens_decoded_from"]
+    t = logits.shape[0]
+    assert first == max(0, t - 32)  # the default window: the last 32 positions
+    assert a["lens_ids"][-1, first:].tolist() == logits.argmax(-1)[first:].tolist()
+    np.testing.assert_allclose(a["lens_probs"][-1, first:], probs.max(-1).values.numpy()[first:], rtol=1e-4,
+                               atol=1e-6)
+    assert (a["lens_ids"][:, :first] == -1).all() and np.isnan(a["lens_probs"][:, :first]).all()
     assert s["lens_labels"][-1] == f"{lm.n_layers - 1}: after MLP" and len(s["lens_labels"]) == 2 * lm.n_layers + 1
     assert a["lens_final_rank"][-1] == 0 and a["lens_kl"][-1] == pytest.approx(0.0, abs=1e-5)
     entropy = -(probs[-1] * probs[-1].log()).sum()
     assert a["lens_entropy"][-1] == pytest.approx(float(entropy), rel=1e-4)
+
+
+def test_logit_lens_every_position(lm: LanguageModel) -> None:
+    """lens_positions >= T decodes every point at every position; the last point is the model's logits."""
+    t = _ids(lm).shape[1]
+    result = run_anatomy(AnatomyParams(model=lm.name, prompt=PROMPT, ig_steps=0, vocab_sample=10,
+                                       lens_positions=t), lm)
+    a = result.arrays
+    assert result.summary["lens_decoded_from"] == 0 and (a["lens_ids"] >= 0).all()
+    with torch.no_grad():
+        logits = lm.model(_ids(lm)).logits[0].float()
+    assert a["lens_ids"][-1].tolist() == logits.argmax(-1).tolist()
+    np.testing.assert_allclose(a["lens_probs"][-1], torch.softmax(logits, -1).max(-1).values.numpy(), rtol=1e-4)
+    # the embeddings point decoded directly: final norm + unembedding of the embedding rows
+    with torch.no_grad():
+        x = lm.adapter.token_embedding_of(lm.model)(_ids(lm))[0]
+        pos = lm.adapter.position_embedding_of(lm.model)
+        if pos is not None:
+            x = x + pos(torch.arange(t))
+        z = lm.adapter.unembedding_of(lm.model)(lm.adapter.final_norm_of(lm.model)(x)).float()
+    assert a["lens_ids"][0].tolist() == z.argmax(-1).tolist()
 
 
 def test_saliency_against_autograd(lm: LanguageModel, result) -> None:

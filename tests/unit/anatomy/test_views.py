@@ -89,18 +89,21 @@ def parts_lens(data: ad.AnatomyData):
 def test_form() -> None:
     limits = Limits()
     values = {"prompt": "Hi", "max_tokens": 512, "ig_steps": 0, "ig_batch": 8, "top_neurons": 8,
-              "vocab_sample": 100, "neighbours": 5, "target": " Paris", "projection": "pca", "sublayer_lens": False}
+              "vocab_sample": 100, "neighbours": 5, "target": " Paris", "projection": "pca", "sublayer_lens": False,
+              "lens_positions": 64}
     params = form.params_from_form("m", values, limits)
     assert params["target"] == " Paris" and params["sublayer_lens"] is False and "foil" not in params
+    assert params["lens_positions"] == 64
     AnatomyParams.model_validate(params)
     with pytest.raises(FormError) as info:
         form.params_from_form(None, {**values, "prompt": "  ", "ig_steps": 257, "max_tokens": 513,
-                                     "projection": "tsne"}, limits)
+                                     "projection": "tsne", "lens_positions": 0}, limits)
     messages = info.value.messages
     assert "model: choose a model" in messages and "prompt: give a prompt" in messages
     assert any(m.startswith("ig_steps:") and "0 to 256" in m for m in messages)
     assert any(m.startswith("max_tokens:") and "1 to 512" in m for m in messages)
     assert "projection: must be pca or umap" in messages
+    assert any(m.startswith("lens_positions:") and "1 to 512" in m for m in messages)
 
 
 def test_static_export(stored) -> None:

@@ -16,6 +16,7 @@ from dash import html
 
 from latent_atlas.analyses.anatomy.params import (
     DEFAULT_PROMPT,
+    LENS_POSITIONS,
     MAX_IG_BATCH,
     MAX_IG_STEPS,
     MAX_NEIGHBOURS,
@@ -36,6 +37,9 @@ _NUMBERS: dict[str, tuple[str, int, int, int, str]] = {
     "vocab_sample": ("Vocabulary sample", 2000, 0, MAX_VOCAB_SAMPLE,
                      f"Embedding rows projected with the prompt's (0 to {MAX_VOCAB_SAMPLE:,})."),
     "neighbours": ("Neighbours", 8, 1, MAX_NEIGHBOURS, f"Nearest tokens by cosine (1 to {MAX_NEIGHBOURS})."),
+    "lens_positions": ("Logit-lens positions", LENS_POSITIONS, 1, MAX_TOKENS,
+                       "The lens decodes every point at this many last positions; each costs a vocabulary-wide "
+                       "product."),
 }
 
 
@@ -73,6 +77,7 @@ def form_fields(settings: Any) -> list[Any]:
         ]),
         dbc.Row([_number("max_tokens"), _number("ig_steps"), _number("ig_batch")]),
         dbc.Row([_number("top_neurons"), _number("vocab_sample"), _number("neighbours")]),
+        dbc.Row([_number("lens_positions")]),
         dbc.Row([
             dbc.Col([dbc.Label("Embedding projection", class_name="mt-2"),
                      dbc.Select(id=field_id(KIND, "projection"), value="pca",

@@ -144,12 +144,17 @@ def _saliency_tab(data: AnatomyData) -> Any:
 def _lens_tab(data: AnatomyData) -> Any:
     t = len(data.tokens)
     start = max(0, t - LENS_WINDOW)
+    decoded = int(data.summary.get("lens_decoded_from") or 0)
+    note = (f"The run decoded positions {decoded}–{t - 1} (its lens_positions); earlier cells are blank. "
+            "Each decoded state costs a vocabulary × width product, so a run decodes a window; "
+            "submit again with a larger lens_positions for more.") if decoded > 0 else None
     return html.Div([
         dbc.InputGroup([dbc.InputGroupText("first position"),
                         dbc.Input(id="anatomy-lens-start", type="number", min=0, max=max(t - 1, 0), step=1,
                                   value=start, debounce=True),
                         dbc.InputGroupText(f"showing {LENS_WINDOW} positions of {t}")],
                        size="sm", style={"maxWidth": "28rem"}),
+        html.Small(note, className="text-muted", id="anatomy-lens-window-note") if note else None,
         html.Div(id="anatomy-lens-error"),
         _graph("anatomy-lens"),
         dbc.Row([
@@ -318,7 +323,7 @@ def _show_lens(start, run_id):
         return dash.no_update, _alert([str(exc)])
     a = data.arrays
     ids = a["lens_ids"][:, start:start + LENS_WINDOW]
-    vocab = {str(int(i)): data.vocab(int(i)) for i in np.unique(ids)}
+    vocab = {str(int(i)): data.vocab(int(i)) for i in np.unique(ids) if i >= 0}
     return af.lens_figure(a["lens_ids"], a["lens_probs"], data.summary.get("lens_labels") or [], data.tokens, vocab,
                           start, start + LENS_WINDOW), None
 
