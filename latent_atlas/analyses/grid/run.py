@@ -39,7 +39,11 @@ next-token distribution. Invariants:
 * with a ``checkpoint`` the cells go piece by piece (``grid.resume``): each
   finished piece is saved, pieces an earlier attempt saved are loaded instead
   of computed (``summary["resumed_cells"]``), and the arrays equal an
-  uninterrupted run's.
+  uninterrupted run's;
+* ``run_grid`` = ``compute_cells`` over every cell (the part that needs the
+  model) + ``grid_result`` (arrays and summary, needs only the tokenizer); a
+  sharded grid (``grid.shard``) runs ``compute_cells`` on spans of pieces and
+  ``grid_result`` on their concatenation.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from torch import Tensor
 from latent_atlas.analyses.base import Checkpoint, Progress, Result, no_progress
 from latent_atlas.analyses.grid.fast_path import AffineReducer, check_fast_path
 from latent_atlas.analyses.grid.params import GridParams
-from latent_atlas.analyses.grid.planes import cell_index
+from latent_atlas.analyses.grid.planes import cell_index, grid_axis
 from latent_atlas.analyses.grid.resume import stream_resumable
 from latent_atlas.analyses.grid.states import build_plane
 from latent_atlas.analyses.grid.streaming import (
@@ -73,7 +77,7 @@ from latent_atlas.analyses.grid.streaming import (
     device_kind,
     piece_cells,
     start_batch,
-    stream_cells,
+    stream_span,
 )
 from latent_atlas.analyses.grid.topk import reduce_logits
 from latent_atlas.lm.inject import (
@@ -85,19 +89,38 @@ from latent_atlas.lm.inject import (
 )
 from latent_atlas.lm.loading import LanguageModel
 
-__all__ = ["MAX_TOPK_TOKENS", "TOKEN_TABLE_ROWS", "run_grid"]
+__all__ = ["CELL_INFO_KEYS", "MAX_TOPK_TOKENS", "TOKEN_TABLE_ROWS", "compute_cells", "grid_result", "run_grid"]
 
 MAX_TOPK_TOKENS = 20_000
 TOKEN_TABLE_ROWS = 50
 
 
-def _decode(lm: LanguageModel, ids: Sequence[int]) -> dict[str, str]:
-    return {str(int(i)): lm.tokenizer.decode([int(i)]) for i in ids}
+def _decode(tokenizer: Any, ids: Sequence[int]) -> dict[str, str]:
+    return {str(int(i)): tokenizer.decode([int(i)]) for i in ids}
 
 
 def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_progress,
              checkpoint: Checkpoint | None = None) -> Result:
     """Compute the token map; see the module docstring for the contract."""
+    cells = params.size * params.size
+    arrays, info = compute_cells(params, lm, 0, cells, progress, checkpoint)
+    result = grid_result(params, lm.tokenizer, arrays, info)
+    progress(1.0, "done")
+    return result
+
+
+def compute_cells(params: GridParams, lm: LanguageModel, begin: int, end: int,
+                  progress: Progress = no_progress,
+                  checkpoint: Checkpoint | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Cells ``begin:end`` (row-major) of the grid: the part of a run that needs the model.
+
+    Returns arrays ``ids`` (c, k) int32, ``probs`` (c, k) float32, ``entropy``
+    (c,) float32 for those cells, and the plane's ``plane_center``/``plane_u``/
+    ``plane_v`` (float32), plus a JSON-safe ``info`` dict (``CELL_INFO_KEYS``)
+    that ``grid_result`` turns into the run's summary. Progress runs from 0 to
+    1 over this span. With a ``checkpoint``, ``begin`` and ``end`` must lie on
+    piece boundaries (``grid.resume``; ``end`` may be the grid's last cell).
+    """
     n_layers = lm.n_layers
     if not 0 <= params.layer <= n_layers:
         raise ValueError(f"layer {params.layer} is out of range for model {params.model} (0..{n_layers})")
@@ -125,8 +148,10 @@ def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_prog
     plane_seconds = time.perf_counter() - began
 
     grid = CellGrid(params)
+    if not 0 <= begin <= end <= grid.cells:
+        raise ValueError(f"cells {begin}..{end} are outside the grid's {grid.cells} cells")
     k = min(params.top_k, lm.vocab_size)
-    output = Output(grid.cells, k)
+    output = Output(end - begin, k, base=begin)
     kind = device_kind(lm)
     chunk_rows = CPU_CHUNK_ROWS if kind == "cpu" else None
 
@@ -198,83 +223,129 @@ def run_grid(params: GridParams, lm: LanguageModel, progress: Progress = no_prog
         resumed = 0
         with torch.inference_mode():
             if checkpoint is None:
-                batch_sizes = stream_cells(grid.cells, first, compute, progress, stage, (0.05, 1.0),
-                                           kind == "cuda")
+                batch_sizes = []
+                stream_span(begin, end, grid.cells, first, compute, progress, stage, (0.05, 1.0),
+                            kind == "cuda", batch_sizes, (begin, end - begin))
             else:
                 path = "fast" if fast is not None else "direct"
                 dtype_name = "float32" if fast is not None else str(compute_dtype).removeprefix("torch.")
                 signature = f"grid-{path}-{kind}-{dtype_name}-k{k}-n{grid.cells}"
                 streamed = stream_resumable(grid.cells, first, compute, progress, stage, (0.05, 1.0),
-                                            kind == "cuda", output, checkpoint, signature)
+                                            kind == "cuda", output, checkpoint, signature,
+                                            (begin, end - begin))
                 batch_sizes, resumed = streamed.batch_sizes, streamed.resumed_cells
     finally:
         workers.close()
     cell_seconds = time.perf_counter() - started
 
-    n = grid.n
-    top_ids = output.ids.reshape(n, n, k)
-    arrays: dict[str, np.ndarray] = {
-        "top_ids": top_ids,
-        "top_probs": output.probs.reshape(n, n, k),
-        "entropy": output.entropy.reshape(n, n),
-        "xs": grid.xs.astype(np.float32),
-        "ys": grid.ys.astype(np.float32),
-    }
     center, u, v = plane.vectors_float32()
-    arrays.update(plane_center=center, plane_u=u, plane_v=v)
-    if params.plane == "through_states":
-        coords = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float64)
-        cells = [
-            [cell_index(cx, n, params.center[0], params.spacing), cell_index(cy, n, params.center[1], params.spacing)]
-            for cx, cy in coords
-        ]
-        cells = [c if min(c) >= 0 else [-1, -1] for c in cells]
-        arrays["state_coords"] = coords.astype(np.float32)
-        arrays["state_cells"] = np.asarray(cells, dtype=np.int32)
-
-    top1 = top_ids[..., 0].reshape(-1)
-    distinct, counts = np.unique(top1, return_counts=True)
-    order = np.argsort(-counts, kind="stable")
-    tokens = _decode(lm, distinct.tolist())
-    table = [
-        {"id": int(distinct[i]), "token": tokens[str(int(distinct[i]))], "cells": int(counts[i]),
-         "share": float(counts[i]) / grid.cells}
-        for i in order[:TOKEN_TABLE_ROWS]
-    ]
-    others = np.setdiff1d(np.unique(output.ids), distinct)
-    topk_complete = others.size <= MAX_TOPK_TOKENS
-    topk_tokens = _decode(lm, others.tolist()) if topk_complete else {}
-
-    summary: dict[str, Any] = {
-        "layer": params.layer,
+    arrays = {"ids": output.ids, "probs": output.probs, "entropy": output.entropy,
+              "plane_center": center, "plane_u": u, "plane_v": v}
+    info: dict[str, Any] = {
         "n_layers": n_layers,
         "d_model": lm.d_model,
         "vocab_size": lm.vocab_size,
-        "plane": params.plane,
-        "plane_info": {**plane.info, **plane_extra},
-        "size": n,
         "top_k": k,
-        "layout": "arrays are indexed [j, i] = the cell at (xs[i], ys[j])",
-        "entropy_units": "nats",
+        "plane_info": {**plane.info, **plane_extra},
         "fast_path": fast is not None,
         "fast_path_note": fast_note,
         "fast_path_check_error": fast_error,
         "dtype": "float32" if fast is not None else str(compute_dtype).removeprefix("torch."),
-        "requested_dtype": params.dtype,
         "weights_dtype": str(lm.dtype).removeprefix("torch."),
         "device": str(lm.device),
         "batch_sizes": batch_sizes,
         "resumed_cells": resumed,
         "position": 0 if context_ids is None else len(context_ids) - 1,
         "context_tokens": 0 if context_ids is None else len(context_ids),
+        "seconds": {"plane": plane_seconds, "cells": cell_seconds},
+    }
+    return arrays, info
+
+
+# What ``compute_cells`` reports about its cells (``info``), besides their arrays.
+CELL_INFO_KEYS = ("n_layers", "d_model", "vocab_size", "top_k", "plane_info", "fast_path", "fast_path_note",
+                  "fast_path_check_error", "dtype", "weights_dtype", "device", "batch_sizes", "resumed_cells",
+                  "position", "context_tokens", "seconds")
+
+
+def grid_result(params: GridParams, tokenizer: Any, arrays: dict[str, np.ndarray],
+                info: dict[str, Any]) -> Result:
+    """The run's ``Result`` from every cell's arrays and ``info`` (``compute_cells``); no model needed.
+
+    ``arrays`` hold all N * N cells in row-major order; only ``tokenizer.decode``
+    is used (token strings for the summary).
+    """
+    n = params.size
+    cells = n * n
+    k = int(info["top_k"])
+    if arrays["ids"].shape != (cells, k):
+        raise ValueError(f"expected the top-k of {cells} cells, got an array of shape {arrays['ids'].shape}")
+    xs = grid_axis(n, params.center[0], params.spacing)
+    ys = grid_axis(n, params.center[1], params.spacing)
+    top_ids = arrays["ids"].reshape(n, n, k)
+    out: dict[str, np.ndarray] = {
+        "top_ids": top_ids,
+        "top_probs": arrays["probs"].reshape(n, n, k),
+        "entropy": arrays["entropy"].reshape(n, n),
+        "xs": xs.astype(np.float32),
+        "ys": ys.astype(np.float32),
+        "plane_center": arrays["plane_center"],
+        "plane_u": arrays["plane_u"],
+        "plane_v": arrays["plane_v"],
+    }
+    if params.plane == "through_states":
+        coords = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float64)
+        state_cells = [
+            [cell_index(cx, n, params.center[0], params.spacing), cell_index(cy, n, params.center[1], params.spacing)]
+            for cx, cy in coords
+        ]
+        state_cells = [c if min(c) >= 0 else [-1, -1] for c in state_cells]
+        out["state_coords"] = coords.astype(np.float32)
+        out["state_cells"] = np.asarray(state_cells, dtype=np.int32)
+
+    top1 = top_ids[..., 0].reshape(-1)
+    distinct, counts = np.unique(top1, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    tokens = _decode(tokenizer, distinct.tolist())
+    table = [
+        {"id": int(distinct[i]), "token": tokens[str(int(distinct[i]))], "cells": int(counts[i]),
+         "share": float(counts[i]) / cells}
+        for i in order[:TOKEN_TABLE_ROWS]
+    ]
+    others = np.setdiff1d(np.unique(arrays["ids"]), distinct)
+    topk_complete = others.size <= MAX_TOPK_TOKENS
+    topk_tokens = _decode(tokenizer, others.tolist()) if topk_complete else {}
+    cell_seconds = info["seconds"]["cells"]
+
+    summary: dict[str, Any] = {
+        "layer": params.layer,
+        "n_layers": info["n_layers"],
+        "d_model": info["d_model"],
+        "vocab_size": info["vocab_size"],
+        "plane": params.plane,
+        "plane_info": info["plane_info"],
+        "size": n,
+        "top_k": k,
+        "layout": "arrays are indexed [j, i] = the cell at (xs[i], ys[j])",
+        "entropy_units": "nats",
+        "fast_path": info["fast_path"],
+        "fast_path_note": info["fast_path_note"],
+        "fast_path_check_error": info["fast_path_check_error"],
+        "dtype": info["dtype"],
+        "requested_dtype": params.dtype,
+        "weights_dtype": info["weights_dtype"],
+        "device": info["device"],
+        "batch_sizes": info["batch_sizes"],
+        "resumed_cells": info["resumed_cells"],
+        "position": info["position"],
+        "context_tokens": info["context_tokens"],
         "tokens": tokens,
         "topk_tokens": topk_tokens,
         "topk_tokens_complete": topk_complete,
         "token_table": table,
         "distinct_top1": int(distinct.size),
-        "seconds": {"plane": plane_seconds, "cells": cell_seconds},
-        "cells_per_second": grid.cells / cell_seconds if cell_seconds > 0 else None,
+        "seconds": dict(info["seconds"]),
+        "cells_per_second": cells / cell_seconds if cell_seconds > 0 else None,
         "config": params.model_dump(mode="json"),
     }
-    progress(1.0, "done")
-    return Result(arrays=arrays, summary=summary)
+    return Result(arrays=out, summary=summary)

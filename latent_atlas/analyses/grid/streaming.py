@@ -126,14 +126,21 @@ class Workers:
 
 
 class Output:
-    """Preallocated result arrays, filled batch by batch."""
+    """Preallocated result arrays for cells ``base:base + cells``, filled batch by batch.
 
-    def __init__(self, cells: int, k: int) -> None:
+    Cell indices passed to ``put``, ``piece`` and ``restore`` are the grid's
+    (row-major over the whole grid); ``base`` is the first cell held (a shard
+    of a grid holds only its span).
+    """
+
+    def __init__(self, cells: int, k: int, base: int = 0) -> None:
+        self.base = base
         self.ids = np.empty((cells, k), dtype=np.int32)
         self.probs = np.empty((cells, k), dtype=np.float32)
         self.entropy = np.empty((cells,), dtype=np.float32)
 
     def put(self, start: int, ids: Tensor, probs: Tensor, entropy: Tensor) -> None:
+        start -= self.base
         stop = start + ids.shape[0]
         self.ids[start:stop] = ids.cpu().numpy()
         self.probs[start:stop] = probs.cpu().numpy()
@@ -141,6 +148,7 @@ class Output:
 
     def piece(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Cells ``start:stop`` (views, not copies)."""
+        start, stop = start - self.base, stop - self.base
         return {"ids": self.ids[start:stop], "probs": self.probs[start:stop],
                 "entropy": self.entropy[start:stop]}
 
@@ -182,17 +190,21 @@ def stream_span(
     share: tuple[float, float],
     is_cuda: bool,
     used: list[int],
+    span: tuple[int, int] | None = None,
 ) -> int:
     """Run ``compute`` over cells ``begin:end`` of ``total``; returns the batch size to go on with.
 
-    Progress is reported against ``total``; batch sizes go to ``used`` (a size
-    is listed again only when it changes).
+    Progress is reported as the fraction of ``span`` (first cell, cell count;
+    default: the whole grid, ``(0, total)``) done, the stage text names the
+    grid's cell index; batch sizes go to ``used`` (a size is listed again only
+    when it changes).
     """
     batch = first_batch
     start = begin
     low, high = share
+    origin, extent = (0, total) if span is None else span
     while start < end:
-        progress(low + (high - low) * start / total, f"{stage}: {start}/{total} cells")
+        progress(low + (high - low) * (start - origin) / max(1, extent), f"{stage}: {start}/{total} cells")
         stop = min(start + batch, end)
         try:
             compute(start, stop)
