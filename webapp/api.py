@@ -326,6 +326,9 @@ _register_sae_train_routes(api)
 from webapp.views.geometry.api import register as _register_geometry_routes  # noqa: E402
 
 _register_geometry_routes(api)
+from webapp.views.anatomy.api import register as _register_anatomy_routes  # noqa: E402
+
+_register_anatomy_routes(api)
 from webapp.queue_api import register as _register_queue_routes  # noqa: E402
 
 _register_queue_routes(api)
