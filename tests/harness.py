@@ -49,6 +49,34 @@ class Backend:
             fn()
 
 
+REDIS_DBS = range(1, 16)  # db 0 holds the claims
+CLAIM_TTL_S = 3 * 3600
+
+
+def _claim_redis_db(redis, timeout: float = 600.0):
+    """A Redis database no other live portal uses (several test sessions share one Redis).
+
+    Each database is claimed by an atomic ``SET NX`` of a key in db 0 (with a TTL,
+    so a crashed session's claim expires); ``release()`` frees it. Waits while
+    all are taken.
+    """
+    claims = redis.Redis(host=REDIS_HOST, port=6379, db=0)
+    me = f"{os.getpid()}-{uuid.uuid4().hex}"
+    deadline = time.monotonic() + timeout
+    while True:
+        for db in REDIS_DBS:
+            key = f"atlas-it:db:{db}"
+            if claims.set(key, me, nx=True, ex=CLAIM_TTL_S):
+                def release(key: str = key) -> None:
+                    if claims.get(key) == me.encode():
+                        claims.delete(key)
+
+                return db, release
+        if time.monotonic() > deadline:
+            raise TimeoutError("every Redis test database is claimed by another test session")
+        time.sleep(1.0)
+
+
 def make_backend(name: str, data_dir: Path) -> Backend:
     if name == "sqlite":
         return Backend(
@@ -64,7 +92,7 @@ def make_backend(name: str, data_dir: Path) -> Backend:
     db_name = f"atlas_it_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db_name}"')
-    redis_db = 1 + int(uuid.uuid4().int % 14)
+    redis_db, release = _claim_redis_db(redis)
     client = redis.Redis(host=REDIS_HOST, port=6379, db=redis_db)
     client.flushdb()
     backend = Backend(
@@ -75,6 +103,7 @@ def make_backend(name: str, data_dir: Path) -> Backend:
 
     def drop() -> None:
         client.flushdb()
+        release()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 

@@ -28,7 +28,7 @@ import logging
 import uuid
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from models import DispatchLock, Run, RunStatus, session_scope
 from models.base import utcnow
@@ -107,6 +107,13 @@ def dispatch_pending(now: datetime | None = None) -> list[str]:
 
     now = now or utcnow()
     chosen: list[tuple[str, str]] = []
+    with session_scope() as session:  # no lock (no write) when nothing waits: the usual sweep
+        waiting = session.scalar(
+            select(func.count()).select_from(Run)
+            .where(Run.queue == GATED_QUEUE, Run.status == RunStatus.queued.value, Run.dispatched_at.is_(None))
+        )
+    if not waiting:
+        return []
     with session_scope() as session:
         _take_lock(session, now)
         state = gpu_queue(session, now)
