@@ -32,6 +32,7 @@ def _navbar() -> dbc.Navbar:
                     [
                         dbc.NavItem(dbc.NavLink("New run", href="/new", id="nav-new")),
                         dbc.NavItem(dbc.NavLink("Runs", href="/runs", id="nav-runs")),
+                        dbc.NavItem(dbc.NavLink("Queue", href="/admin/queue", id="nav-queue")),
                         dbc.NavItem(dbc.NavLink("Users", href="/admin/users", id="nav-users")),
                         dbc.NavItem(dbc.NavLink("Log out", href="/logout", external_link=True)),
                     ],

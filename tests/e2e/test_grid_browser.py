@@ -236,7 +236,8 @@ def test_grid_map_in_the_browser(live_portal, browser, artifacts_dir):
         browser.get(f"{portal.url}/runs/{queued[1]}")
         position = WebDriverWait(browser, 30).until(
             EC.visibility_of_element_located((By.ID, "run-queue-position")))
-        assert re.fullmatch(r"position \d+ in the gpu queue", position.text)
+        assert re.fullmatch(r"\d+(st|nd|rd|th) in the GPU queue, estimated start ~(\d{4}-\d\d-\d\d )?\d\d:\d\d UTC "
+                            r"\((now|in [^;]+); [^)]+\)", position.text), position.text
         browser.save_screenshot(str(artifacts_dir / "e2e-grid-queued.png"))
     finally:
         for rid in [*queued, blocker]:

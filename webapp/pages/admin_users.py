@@ -3,7 +3,9 @@
 Admins see the user table, create users and reset passwords; every user may
 create named API tokens for themselves (a secret is shown once), sees when each
 was created and last used, and revokes them one by one (an admin sees and may
-revoke everyone's). Invariant: each callback checks ``current_user`` itself
+revoke everyone's). Admins also set each member's fair share of the GPU: a share
+weight and a daily cap of GPU-seconds (``queue_admin.set_member_share`` checks
+the bounds). Invariant: each callback checks ``current_user`` itself
 (``users_service.revoke_token`` refuses another member's token); hiding a
 control from non-admins is not the protection.
 """
@@ -16,8 +18,10 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
 from flask_login import current_user
 
-from webapp import users_service
-from webapp.components import format_time
+from models.user import DAILY_CAP_BOUNDS, SHARE_WEIGHT_BOUNDS
+from webapp import queue_admin, users_service
+from webapp.components import format_duration, format_time
+from webapp.runs_service import NotAllowed, SubmissionError
 from webapp.users_service import UserError
 
 dash.register_page(__name__, path="/admin/users", name="Users", title="Users · Latent Atlas")
@@ -26,13 +30,18 @@ USER_COLUMNS = [
     {"field": "username", "headerName": "Username", "flex": 1},
     {"field": "role", "headerName": "Role", "width": 110},
     {"field": "active", "headerName": "Active", "width": 100},
+    {"field": "share_weight", "headerName": "Share weight", "width": 130},
+    {"field": "daily_cap", "headerName": "Daily GPU cap", "width": 150},
     {"field": "created", "headerName": "Created", "width": 210},
 ]
 
 
 def user_rows(users: list[dict]) -> list[dict]:
     return [{"username": u["username"], "role": "admin" if u["is_admin"] else "member",
-             "active": "yes" if u["is_active"] else "no", "created": format_time(u["created_at"])}
+             "active": "yes" if u["is_active"] else "no", "created": format_time(u["created_at"]),
+             "share_weight": f"{u['share_weight'] if u['share_weight'] is not None else 1.0:g}",
+             "daily_cap": (f"{u['daily_gpu_cap_s']} s ({format_duration(u['daily_gpu_cap_s'])})"
+                           if u["daily_gpu_cap_s"] is not None else "none")}
             for u in users]
 
 
@@ -147,7 +156,35 @@ def _admin_cards():
                 ]),
             ], class_name="mb-3"), md=6),
         ]),
+        _share_card(usernames),
     ]
+
+
+def _share_card(usernames: list[dict]):
+    low, high = SHARE_WEIGHT_BOUNDS
+    low_cap, high_cap = DAILY_CAP_BOUNDS
+    return dbc.Card([
+        dbc.CardHeader("Fair share of the GPU"),
+        dbc.CardBody([
+            html.P([f"A member with weight 2 gets twice the GPU time of weight 1 ({low:g} to {high:g}). "
+                    f"A daily cap holds their GPU runs once they used that many GPU-seconds in the UTC "
+                    f"day ({low_cap} to {high_cap}; empty: no cap). The ",
+                    dcc.Link("Queue", href="/admin/queue"), " page shows each member's use."],
+                   className="small text-muted"),
+            dbc.Row([
+                dbc.Col(dbc.Select(id="users-share-username", options=usernames, placeholder="User"), md=4),
+                dbc.Col(dbc.InputGroup([dbc.InputGroupText("Weight"),
+                                        dbc.Input(id="users-share-weight", type="number", step="any",
+                                                  placeholder="1")]), md=3),
+                dbc.Col(dbc.InputGroup([dbc.InputGroupText("Daily cap"),
+                                        dbc.Input(id="users-share-cap", type="number", step="any",
+                                                  placeholder="no cap"),
+                                        dbc.InputGroupText("s")]), md=3),
+                dbc.Col(dbc.Button("Save", id="users-share-save", color="primary", n_clicks=0), md=2),
+            ], class_name="g-2"),
+            html.Div(id="users-share-result", className="mt-2"),
+        ]),
+    ], class_name="mb-3")
 
 
 def layout(**_kwargs):
@@ -264,3 +301,48 @@ def _secret_alert(secret: str):
         color="success",
         class_name="mb-0",
     )
+
+
+@callback(
+    Output("users-share-weight", "value"),
+    Output("users-share-cap", "value"),
+    Input("users-share-username", "value"),
+    prevent_initial_call=True,
+)
+def _share_fill(username):
+    """Show the chosen member's current weight and cap."""
+    if not current_user.is_admin or not username:
+        return dash.no_update, dash.no_update
+    for user in users_service.list_users():
+        if user["username"] == username:
+            return user["share_weight"], user["daily_gpu_cap_s"]
+    return dash.no_update, dash.no_update
+
+
+@callback(
+    Output("users-share-result", "children"),
+    Output("users-grid", "rowData", allow_duplicate=True),
+    Input("users-share-save", "n_clicks"),
+    State("users-share-username", "value"),
+    State("users-share-weight", "value"),
+    State("users-share-cap", "value"),
+    prevent_initial_call=True,
+)
+def _share_save(_clicks, username, weight, cap):
+    if not username:
+        return _alert("Choose a user.", "warning"), dash.no_update
+    if weight is None:
+        return _alert("Give a weight (a number; 1 is the default).", "warning"), dash.no_update
+    if isinstance(cap, float) and cap.is_integer():
+        cap = int(cap)
+    try:
+        member = queue_admin.set_member_share(current_user, username,
+                                              {"share_weight": weight, "daily_gpu_cap_s": cap})
+    except (NotAllowed, SubmissionError) as exc:
+        text = "; ".join(exc.messages) if isinstance(exc, SubmissionError) else str(exc)
+        return _alert(text, "danger"), dash.no_update
+    except queue_admin.MemberNotFound:
+        return _alert(f"No user {username!r}.", "danger"), dash.no_update
+    cap_text = f"{member['daily_gpu_cap_s']} s a day" if member["daily_gpu_cap_s"] is not None else "no cap"
+    return (_alert(f"{username}: weight {member['share_weight']:g}, {cap_text}.", "success"),
+            user_rows(users_service.list_users()))

@@ -9,6 +9,10 @@ response when a newer request for the same outputs is in flight, so a view
 that takes longer than one tick to build (a loaded machine, a big run) would be
 superseded by every next tick and never appear.
 
+A queued run shows its place in the dispatcher's plan (``webapp.run_queue``,
+worded by ``webapp.queue_text``): "3rd in the GPU queue, estimated start ~14:05
+UTC (in 4 min; median of 5 past grid runs of this size)", or why it is held.
+
 A running run whose heartbeat is late (or whose worker process Celery reported
 dead) shows "worker lost? ..." beside its status as soon as a poll sees it
 (``run_health.heartbeat_state``); the Reproducibility card lists every
@@ -34,7 +38,8 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
 from flask_login import current_user
 
-from webapp import run_manage, runs_service
+from models.base import utcnow
+from webapp import run_manage, run_management, run_queue, runs_service
 from webapp.components import (
     attempts_table,
     card,
@@ -47,6 +52,7 @@ from webapp.components import (
     status_badge,
     status_colour,
 )
+from webapp.queue_text import place_text
 from webapp.run_health import heartbeat_state
 from webapp.runs_service import NotAllowed, RunNotFound
 from webapp.views import get_view
@@ -70,10 +76,12 @@ def _may_change(run) -> bool:
 def status_line(run) -> list[Any]:
     parts: list[Any] = [status_badge(run.status, id="run-status-badge", class_name="me-2 fs-6")]
     if run.status == "queued":
-        position = runs_service.queue_position(run)
-        if position is not None:
-            parts.append(html.Span(f"position {position} in the {run.queue} queue",
-                                   id="run-queue-position", className="text-muted me-2"))
+        planned = run_queue.planned_run(run)
+        if planned is not None:
+            text = place_text(planned.position, planned.estimated_start, planned.basis, planned.held_reason,
+                              run.queue, utcnow())
+            parts.append(html.Span(text, id="run-queue-position",
+                                   className="text-warning me-2" if planned.held_reason else "text-muted me-2"))
     if run.cancel_requested and not run.is_terminal:
         parts.append(html.Span("cancel requested", className="text-warning me-2"))
     warning = heartbeat_warning(heartbeat_state(run.status, run.heartbeat_at).warning)
@@ -319,20 +327,24 @@ def _draw_view(finished, run_id):
 @callback(
     Output("run-cancel-message", "children"),
     Output("run-poll", "disabled", allow_duplicate=True),
+    Output("run-history-area", "children", allow_duplicate=True),
     Input("run-cancel", "n_clicks"),
     State("run-id", "data"),
     prevent_initial_call=True,
 )
 def _cancel(clicks, run_id):
+    keep = dash.no_update
     if not clicks:
-        return dash.no_update, dash.no_update
+        return keep, keep, keep
     try:
-        run = runs_service.cancel_run(current_user, run_id)
+        run_management.cancel_recorded(current_user, run_id)  # recorded in the run's history
+        run = runs_service.get_run(run_id)
     except NotAllowed as exc:
-        return html.Span(str(exc), className="text-danger"), dash.no_update
+        return html.Span(str(exc), className="text-danger"), keep, keep
     except RunNotFound:
-        return html.Span("The run no longer exists.", className="text-danger"), dash.no_update
+        return html.Span("The run no longer exists.", className="text-danger"), keep, keep
+    history = run_manage.history_part(run_id)
     if run.status == "cancelled":
-        return html.Span("Cancelled.", className="text-warning"), False
+        return html.Span("Cancelled.", className="text-warning"), False, history
     return html.Span("Cancel requested; the worker stops after the current batch.",
-                     className="text-warning"), False
+                     className="text-warning"), False, history
