@@ -91,3 +91,11 @@ def test_train_an_sae_from_the_ui(live_portal, browser, artifacts_dir):
     _click(browser, browser.find_element(By.ID, "sae-train-use"))
     wait.until(EC.url_contains("/new"))
     wait.until(lambda d: Select(d.find_element(By.ID, "new-kind")).first_selected_option.get_attribute("value") == "sae")
+    # the harvest form arrives prefilled: "trained by a portal run", this run's ID, its model
+    sae_field = "[id*='\"kind\":\"sae\"'][id*='\"name\":\"%s\"']"
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, sae_field % "sae_run_id").is_displayed())
+    assert browser.find_element(By.CSS_SELECTOR, sae_field % "sae_run_id").get_attribute("value") == run_id
+    checked = browser.find_element(By.CSS_SELECTOR, (sae_field % "sae_kind") + " input:checked")
+    assert checked.get_attribute("value") == "run"
+    assert detail["model"] in browser.find_element(By.ID, "new-model").text
+    browser.save_screenshot(str(artifacts_dir / "e2e-sae-train-use-in-harvest.png"))

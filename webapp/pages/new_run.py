@@ -10,6 +10,8 @@ offers that run ("open it") or a new one ("run again", a forced submission).
 
 from __future__ import annotations
 
+import inspect
+
 import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html
@@ -37,10 +39,14 @@ def _model_options() -> list[dict]:
     return options
 
 
-def kind_form(kind: str):
+def kind_form(kind: str, prefill: dict[str, str] | None = None):
+    """The kind's fields; ``prefill`` (the page's query string) reaches views whose ``form_fields``
+    take it (``sae``: ``sae_run=<run id>`` from a sae_train run's "use this SAE" button)."""
     view = get_view(kind)
     if view is None:
         return dbc.Alert(f"The portal has no form for run kind {kind!r} yet.", color="warning")
+    if prefill and "prefill" in inspect.signature(view.form_fields).parameters:
+        return view.form_fields(get_settings(), prefill=prefill)
     return view.form_fields(get_settings())
 
 
@@ -55,9 +61,13 @@ def _starts_fresh(kind: AnalysisKind) -> bool:
     return not kind.reads_runs or hasattr(get_view(kind.name), "form_fields")
 
 
-def layout(kind: str | None = None, **_kwargs):
+def layout(kind: str | None = None, model: str | None = None, **query):
+    """``/new?kind=K&model=M&...``: an unknown kind or model falls back to the defaults; the rest of
+    the query prefills the kind's form where it accepts it (strings only, checked by the view)."""
     settings = get_settings()
     kind = kind if kind in KINDS and _starts_fresh(KINDS[kind]) else next(iter(KINDS))
+    model = model if isinstance(model, str) and model in settings.models else settings.default_model
+    prefill = {key: value for key, value in query.items() if isinstance(value, str)}
     return html.Div(
         [
             dcc.Location(id="new-location", refresh="callback-nav"),
@@ -76,11 +86,11 @@ def layout(kind: str | None = None, **_kwargs):
                             dbc.Col([
                                 dbc.Label("Model"),
                                 dcc.Dropdown(id="new-model", options=_model_options(),
-                                             value=settings.default_model, clearable=False,
+                                             value=model, clearable=False,
                                              className="atlas-model-dropdown"),
                             ], md=8),
                         ], class_name="mb-3"),
-                        html.Div(kind_form(kind), id="new-kind-form", className="mb-3"),
+                        html.Div(kind_form(kind, prefill), id="new-kind-form", className="mb-3"),
                         dbc.Label("Title (optional)"),
                         dbc.Input(id="new-title", type="text",
                                   maxlength=settings.limits.max_title_chars,

@@ -67,7 +67,7 @@ HOOK_POINTS: dict[str, str] = {
     "hook_mlp_out": "mlp_out",
 }
 _HOOK_RE = re.compile(r"^blocks\.(\d{1,4})\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out)$")
-_RUN_ID_RE = r"^[A-Za-z0-9_-]{1,64}$"
+_RUN_ID_RE = RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _NAME_RE = r"^[A-Za-z0-9_.:/@+-]{1,200}$"
 _RUNTIME_NORMS = frozenset({"layer_norm", "constant_norm_rescale"})
 

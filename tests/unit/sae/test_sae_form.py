@@ -69,3 +69,33 @@ def test_form_errors_name_every_problem():
         assert fragment in text
     with pytest.raises(FormError, match="attach a text or JSONL file"):
         params_from_form("tiny-gpt2", {"sae_kind": "run", "sae_run_id": "r", "corpus_kind": "file"}, None)
+
+
+def _find(component, wanted_name: str):
+    """The component whose pattern ID names ``wanted_name`` (depth first)."""
+    cid = getattr(component, "id", None)
+    if isinstance(cid, dict) and cid.get("name") == wanted_name:
+        return component
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, list) else [children] if children is not None else []:
+        found = _find(child, wanted_name)
+        if found is not None:
+            return found
+    return None
+
+
+@pytest.mark.parametrize(("prefill", "kind", "run_id"), [
+    ({"sae_run": "abc_123-x"}, "run", "abc_123-x"),
+    ({"sae_run": "../etc"}, "catalogue", None),  # not a run id: ignored
+    ({}, "catalogue", None),
+])
+def test_prefill_from_a_sae_train_run(prefill, kind, run_id):
+    from types import SimpleNamespace
+
+    from webapp.views.sae.form import form_fields
+
+    settings = SimpleNamespace(saes={"demo-sae": SimpleNamespace(model="tiny")})
+    fields = form_fields(settings, prefill=prefill)
+    radio = next(_find(f, "sae_kind") for f in fields if _find(f, "sae_kind") is not None)
+    run_input = next(_find(f, "sae_run_id") for f in fields if _find(f, "sae_run_id") is not None)
+    assert radio.value == kind and run_input.value == run_id

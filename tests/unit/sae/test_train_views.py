@@ -87,9 +87,9 @@ def test_page_shows_metrics_curve_and_links() -> None:
     rows = dict(summary_rows(_summary()))
     assert rows["variance explained (held-out)"] == "81.2%" and rows["dead latents (never fired on held-out tokens)"] == "5.0%"
     assert "3 tokens" in rows["norm outliers left out"]
-    page = render(SimpleNamespace(id="abc123", summary=_summary("<script>x</script>")), arrays)
+    page = render(SimpleNamespace(id="abc123", model="smollm2-135m", summary=_summary("<script>x</script>")), arrays)
     text = json.dumps(page.to_plotly_json(), default=lambda o: o.to_plotly_json() if hasattr(o, "to_plotly_json") else str(o))
-    assert "/api/runs/abc123/sae.zip" in text and "/new?kind=sae" in text
+    assert "/api/runs/abc123/sae.zip" in text and "/new?kind=sae&model=smollm2-135m&sae_run=abc123" in text
     assert "<script>x</script>" in text  # a plain text child: React escapes it, no raw HTML component
     assert "dangerouslySetInnerHTML" not in text
     figure = loss_figure(arrays)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from dash import Input, Output, callback, dcc, html
 
 from latent_atlas.analyses.corpus import CorpusError, read_corpus, sample_sequences
 from latent_atlas.analyses.sae.params import MAX_INLINE_TOKENS
+from latent_atlas.analyses.sae.source import RUN_ID_PATTERN
 from webapp.views import FormError, field_id
 from webapp.views.geometry.form import MAX_UPLOAD_BYTES, _decode_upload, _tokenizer
 from webapp.views.sae.data import KIND
@@ -53,9 +55,16 @@ def _catalogue_options(settings: Any) -> list[dict[str, str]]:
     return [{"label": f"{name} (for {entry.model})", "value": name} for name, entry in sorted(settings.saes.items())]
 
 
-def form_fields(settings: Any) -> list[Any]:
-    """The sae part of the New-run form (IDs from ``field_id``)."""
+def form_fields(settings: Any, prefill: Mapping[str, str] | None = None) -> list[Any]:
+    """The sae part of the New-run form (IDs from ``field_id``).
+
+    ``prefill["sae_run"]``, a run id (checked against ``SaeSource``'s pattern, else ignored),
+    selects "trained by a portal run" with that id filled in.
+    """
     catalogue = _catalogue_options(settings)
+    run_id = (prefill or {}).get("sae_run")
+    run_id = run_id if isinstance(run_id, str) and re.fullmatch(RUN_ID_PATTERN, run_id) else None
+    sae_kind = "run" if run_id else ("catalogue" if catalogue else "run")
     number_cols = [
         dbc.Col([dbc.Label(label, class_name="small mb-0"),
                  dbc.Input(id=field_id(KIND, name), type="number", min=low, step=1, value=default, size="sm"),
@@ -64,7 +73,7 @@ def form_fields(settings: Any) -> list[Any]:
     ]
     return [
         dbc.Label("Sparse autoencoder", class_name="mb-1"),
-        dbc.RadioItems(id=field_id(KIND, "sae_kind"), value="catalogue" if catalogue else "run", inline=True,
+        dbc.RadioItems(id=field_id(KIND, "sae_kind"), value=sae_kind, inline=True,
                        options=[{"label": label, "value": key} for key, label in SOURCES.items()]),
         html.Div([
             dbc.Select(id=field_id(KIND, "sae_name"), options=catalogue, size="sm",
@@ -74,7 +83,7 @@ def form_fields(settings: Any) -> list[Any]:
         html.Div([dbc.Input(id=field_id(KIND, "sae_path"), size="sm", maxlength=1000,
                             placeholder="my-sae (a directory under the data directory's saes/)")],
                  id="sae-form-disk", className="mt-1"),
-        html.Div([dbc.Input(id=field_id(KIND, "sae_run_id"), size="sm", maxlength=64,
+        html.Div([dbc.Input(id=field_id(KIND, "sae_run_id"), size="sm", maxlength=64, value=run_id,
                             placeholder="ID of a succeeded sae_train run")], id="sae-form-run", className="mt-1"),
         dbc.Row([
             dbc.Col(dbc.Input(id=field_id(KIND, "sae_release"), size="sm", maxlength=200,

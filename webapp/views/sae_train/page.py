@@ -3,7 +3,8 @@
 ``render(run, arrays)`` reads only the loss arrays (``ARRAYS``; the SAE's
 weights stay on disk) and the summary written by
 ``latent_atlas.analyses.sae.train``. The "use this SAE" link opens the New-run
-form of kind ``sae`` with this run as the SAE source; the download is the
+form of kind ``sae`` prefilled with this run's ID as the SAE source and its
+model (``/new?kind=sae&model=...&sae_run=...``); the download is the
 saved sae-lens directory (``cfg.json`` + ``sae_weights.safetensors``) as a
 ZIP (``webapp.views.sae_train.api``). Corpus names and notes are shown as
 plain text children (Dash escapes them).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import dash_bootstrap_components as dbc
 import numpy as np
@@ -63,6 +65,11 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def harvest_href(run: Any) -> str:
+    """The New-run form for an ``sae`` harvest of this run's SAE on its model, prefilled."""
+    return "/new?" + urlencode({"kind": "sae", "model": run.model, "sae_run": run.id})
+
+
 def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     summary = run.summary or {}
     note = summary.get("corpus_note")
@@ -73,7 +80,7 @@ def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
                 kv_table(summary_rows(summary)),
                 dbc.Alert(str(note), color="warning", class_name="small") if note else None,
                 html.Div([
-                    dbc.Button("Use this SAE in a harvest", href="/new?kind=sae",
+                    dbc.Button("Use this SAE in a harvest", href=harvest_href(run),
                                id="sae-train-use", color="primary", size="sm", class_name="me-2"),
                     dbc.Button("Download the SAE (sae-lens directory, ZIP)", href=f"/api/runs/{run.id}/sae.zip",
                                id="sae-train-download", color="secondary", outline=True, size="sm",
