@@ -14,6 +14,9 @@ a fixed vector (the mean of the first batch, which keeps the cancellation in
   scikit-learn, and ``explained_variance_ratio`` divides by the total variance;
 * torch batches are accumulated on their own device (a GPU does the Gram
   products), the fit itself is numpy on the CPU;
+* accumulators merge (``merge``; ``to_arrays`` / ``from_arrays`` carry the
+  sums between processes): the merged fit equals one over all rows up to
+  float64 rounding;
 * ``PCAAccumulator(products="float32")`` computes each batch's (shifted) Gram
   product in float32 and adds it to the float64 accumulator: 2-3x faster on a
   CPU, with relative errors around 1e-6 instead of 1e-12; the default
@@ -104,6 +107,49 @@ class PCAAccumulator:
         self._sum += shifted.sum(dim=0).to(torch.float64)
         self._gram += (shifted.T @ shifted).to(torch.float64)
         self.n += int(rows.shape[0])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The accumulated sums as float64 arrays (``n``, ``shift``, ``sum``, ``gram``) to store or send."""
+        if self._shift is None or self._sum is None or self._gram is None:
+            return {"n": np.zeros(1, dtype=np.int64)}
+        return {"n": np.array([self.n], dtype=np.int64), "shift": self._shift.cpu().numpy(),
+                "sum": self._sum.cpu().numpy(), "gram": self._gram.cpu().numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray],
+                    products: Literal["float64", "float32"] = "float64") -> PCAAccumulator:
+        """An accumulator holding the sums ``to_arrays`` gave (on the CPU)."""
+        accumulator = cls(products)
+        accumulator.n = int(arrays["n"][0])
+        if accumulator.n:
+            accumulator._shift = torch.from_numpy(np.asarray(arrays["shift"], dtype=np.float64).copy())
+            accumulator._sum = torch.from_numpy(np.asarray(arrays["sum"], dtype=np.float64).copy())
+            accumulator._gram = torch.from_numpy(np.asarray(arrays["gram"], dtype=np.float64).copy())
+        return accumulator
+
+    def merge(self, other: PCAAccumulator) -> None:
+        """Add the rows ``other`` has seen, as if they had been fed here (float64; exact up to rounding).
+
+        ``other``'s sums are re-expressed around this accumulator's shift ``s``:
+        with ``delta = s_other - s``, ``sum += sum_o + n_o delta`` and
+        ``gram += gram_o + sum_o delta^T + delta sum_o^T + n_o delta delta^T``.
+        """
+        if other.n == 0 or other._shift is None or other._sum is None or other._gram is None:
+            return
+        if self._shift is None or self._sum is None or self._gram is None:
+            self._shift, self._sum, self._gram = (t.detach().clone().cpu() for t in
+                                                  (other._shift, other._sum, other._gram))
+            self.n = other.n
+            return
+        if other._shift.shape != self._shift.shape:
+            raise ValueError(f"expected rows of width {self._shift.shape[0]}, got {other._shift.shape[0]}")
+        device = self._shift.device
+        delta = other._shift.to(device) - self._shift
+        osum = other._sum.to(device)
+        self._gram += (other._gram.to(device) + torch.outer(osum, delta) + torch.outer(delta, osum)
+                       + other.n * torch.outer(delta, delta))
+        self._sum += osum + other.n * delta
+        self.n += other.n
 
     def finalize(self, n_components: int) -> PCAFit:
         """The PCA of everything seen so far, keeping ``n_components`` components."""

@@ -35,7 +35,8 @@ from latent_atlas.analyses.geometry import stats
 from latent_atlas.lm.hooks import COMPONENTS
 from latent_atlas.reduce import PCAAccumulator, PCAFit
 
-__all__ = ["CHUNK", "Points", "ReduceOptions", "UMAP_MAX_POINTS", "describe", "warm_up_umap"]
+__all__ = ["CHUNK", "Points", "ReduceOptions", "UMAP_MAX_POINTS", "describe", "fit_sets", "fit_sums",
+           "warm_up_umap"]
 
 CHUNK = 16_384  # rows converted to float32 at a time (~38 MB at width 576)
 UMAP_MAX_POINTS = 400_000
@@ -251,10 +252,39 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: stats.to_json_float(v) if isinstance(v, float) else v for k, v in values.items()}
 
 
+def fit_sets(points: Points, options: ReduceOptions) -> dict[str, np.ndarray]:
+    """The rows each PCA of ``describe`` is fitted on: ``main`` and (when both are captured) ``attn_mlp``."""
+    fit_mask = np.ones(len(points), dtype=bool) if not options.exclude_position0 else points.position != 0
+    sets = {"main": fit_mask}
+    if {ATTN, MLP} <= {int(c) for c in np.unique(points.component)}:
+        sets["attn_mlp"] = np.isin(points.component, [ATTN, MLP]) & fit_mask
+    return sets
+
+
+def fit_sums(points: Points, options: ReduceOptions, device: torch.device,
+             sets: dict[str, np.ndarray] | None = None) -> dict[str, PCAAccumulator]:
+    """float64 covariance sums (``PCAAccumulator``) of each fit set's rows, as ``describe`` reads them."""
+    sets = fit_sets(points, options) if sets is None else sets
+    accumulators = {}
+    for name, select in sets.items():
+        accumulator = PCAAccumulator(products="float64")
+        for part in _chunks(len(points)):
+            keep = select[part]
+            if keep.any():
+                accumulator.update(torch.from_numpy(rows(points, part, options.unit_normalise)[keep]).to(device))
+        accumulators[name] = accumulator
+    return accumulators
+
+
 def describe(points: Points, options: ReduceOptions, n_layers: int, *,
              device: torch.device | None = None,
-             progress: Progress = lambda f, s: None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Projections, attention/MLP view and statistics of ``points``; (arrays, summary part)."""
+             progress: Progress = lambda f, s: None,
+             fits: dict[str, PCAAccumulator] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Projections, attention/MLP view and statistics of ``points``; (arrays, summary part).
+
+    ``fits``: covariance sums of the fit sets (``fit_sums``, e.g. merged from
+    the shards of a run) used instead of reading the states for the PCA fits.
+    """
     device = device or torch.device("cpu")
     n = len(points)
     if n < 2:
@@ -271,8 +301,13 @@ def describe(points: Points, options: ReduceOptions, n_layers: int, *,
                          "fewer prompts, tokens, layers or components, or averaging")
 
     progress(0.0, f"fitting PCA on {int(fit_mask.sum()):,} points")
-    accumulator = _accumulate(points, fit_mask, unit, device,
-                              lambda f, s: progress(0.3 * f, s), "fitting PCA")
+    if fits is not None:
+        accumulator = fits["main"]
+        if accumulator.n != int(fit_mask.sum()):
+            raise ValueError(f"the covariance sums count {accumulator.n} rows, the fit set {int(fit_mask.sum())}")
+    else:
+        accumulator = _accumulate(points, fit_mask, unit, device,
+                                  lambda f, s: progress(0.3 * f, s), "fitting PCA")
     d = int(points.states.shape[1])
     if options.reduction == "pca":
         fit = accumulator.finalize(min(options.dims, d))
@@ -300,7 +335,7 @@ def describe(points: Points, options: ReduceOptions, n_layers: int, *,
     if has_both:
         progress(0.85, "attention vs MLP: 2D PCA and separation")
         am_fit = am_select & fit_mask
-        acc = _accumulate(points, am_fit, unit, device)
+        acc = fits["attn_mlp"] if fits is not None else _accumulate(points, am_fit, unit, device)
         if acc.n >= 2:
             am_pca = acc.finalize(min(2, d))
             attn_mlp_coords = _transform(points, am_pca, unit, am_select)

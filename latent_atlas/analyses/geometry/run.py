@@ -53,9 +53,9 @@ from latent_atlas.analyses.geometry.points import Points, describe
 from latent_atlas.lm.hooks import COMPONENTS, capture_points, verify_capture
 from latent_atlas.lm.lens import logit_lens
 from latent_atlas.lm.loading import LanguageModel
-from latent_atlas.reduce import pca_fit
+from latent_atlas.reduce import PCAAccumulator, pca_fit
 
-__all__ = ["LENS_K", "run_geometry"]
+__all__ = ["LENS_K", "capture", "describe_run", "plan", "run_geometry"]
 
 CAPTURE_SHARE = 0.75  # fraction of the progress bar spent capturing
 LENS_K = 5
@@ -162,22 +162,29 @@ class _Capture:
     """Runs the batches and keeps what the averaging mode needs."""
 
     def __init__(self, params: GeometryParams, lm: LanguageModel, ids: list[list[int]],
-                 layers: range, comps: list[int]) -> None:
+                 layers: range, comps: list[int], *, first_token: int = 0, all_tokens: int | None = None,
+                 width: int | None = None) -> None:
+        """``ids``: the prompts to capture; for a shard (a slice of the run's prompts),
+        ``first_token`` is the run's token index of its first token, ``all_tokens``
+        the run's token count and ``width`` its longest prompt, so the logit lens
+        samples the run's points and position sums have the run's width."""
         self.params, self.lm, self.ids = params, lm, ids
         self.layers, self.comps = layers, comps
         self.n_tokens = [len(row) for row in ids]
         self.total = sum(self.n_tokens)
+        self.first_token = first_token
+        self.all_tokens = self.total if all_tokens is None else all_tokens
         self.d_model = lm.d_model
         self.device = lm.device
         self.blocks = len(layers) * len(comps)
         if params.average == "none":
             self.states = _States(self.blocks * self.total, self.d_model, params.states_dtype)
             self.norms = np.empty(self.blocks * self.total, dtype=np.float32)
-            self.lens = _Lens(lm, self.blocks * self.total, params.lens_max_points, params.logit_lens,
+            self.lens = _Lens(lm, self.blocks * self.all_tokens, params.lens_max_points, params.logit_lens,
                               params.seed)
             self.offset = 0
         elif params.average == "samples":
-            self.sums = torch.zeros((len(layers), len(comps), max(self.n_tokens), self.d_model),
+            self.sums = torch.zeros((len(layers), len(comps), width or max(self.n_tokens), self.d_model),
                                     dtype=torch.float64, device=self.device)
         else:
             self.means = torch.zeros((len(layers), len(comps), len(ids), self.d_model),
@@ -199,7 +206,8 @@ class _Capture:
                     start = (li * len(self.comps) + ci) * self.total + self.offset
                     self.states.write(slice(start, start + n), block)
                     self.norms[start : start + n] = torch.linalg.vector_norm(block, dim=-1).cpu().numpy()
-                    self.lens.add(block, np.arange(start, start + n))
+                    point = (li * len(self.comps) + ci) * self.all_tokens + self.first_token + self.offset
+                    self.lens.add(block, np.arange(point, point + n))
             self.offset += n
             return
         weights = mask.to(torch.float64).unsqueeze(-1)  # (B, S, 1)
@@ -319,43 +327,72 @@ def _metadata(params: GeometryParams, layers: range, comps: list[int],
     }
 
 
-def run_geometry(params: GeometryParams, lm: LanguageModel, progress: Progress = no_progress) -> Result:
-    """Capture, average, store, reduce and describe; see the module docstring for the contract."""
+def plan(params: GeometryParams, lm: LanguageModel) -> tuple[range, list[int], list[list[int]], list[bool]]:
+    """The captured layers, component indices, every prompt's token ids and which were truncated."""
     try:
         layers = params.layer_range(lm.n_layers)
     except PydanticCustomError as exc:
         raise ValueError(str(exc)) from None
     comps = [COMPONENTS.index(c) for c in params.components]
     ids, truncated = _tokenise(lm, params)
+    if lm.tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token")
+    return layers, comps, ids, truncated
+
+
+def capture(params: GeometryParams, lm: LanguageModel, ids: list[list[int]], layers: range, comps: list[int],
+            begin: int, end: int, progress: Progress, share: float) -> tuple[_Capture, float]:
+    """Capture prompts ``begin:end`` of ``ids`` (batches of ``batch_size`` from ``begin``).
+
+    Returns the capture state and the hook check's error (first batch); progress
+    runs from 0 to ``share``.
+    """
     n_tokens = [len(row) for row in ids]
     pad_id = lm.tokenizer.pad_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has no pad token")
-    starts = list(range(0, len(ids), params.batch_size))
-    capture_state = _Capture(params, lm, ids, layers, comps)
+    part = ids[begin:end]
+    starts = list(range(0, len(part), params.batch_size))
+    capture_state = _Capture(params, lm, part, layers, comps, first_token=sum(n_tokens[:begin]),
+                             all_tokens=sum(n_tokens), width=max(n_tokens))
     positional_layer = params.positional_layer if params.positional_layer is not None else lm.n_layers // 2
     if lm.adapter.position_embedding is None:
         capture_state.positional = _PositionalMeans(positional_layer, max(n_tokens), lm.d_model, lm.device)
     hook_error = 0.0
     for number, start in enumerate(starts, start=1):
-        progress(CAPTURE_SHARE * (number - 1) / len(starts), f"capturing batch {number}/{len(starts)}")
-        input_ids, mask = _pad(ids[start : start + params.batch_size], pad_id)
+        progress(share * (number - 1) / len(starts), f"capturing batch {number}/{len(starts)}")
+        input_ids, mask = _pad(part[start : start + params.batch_size], pad_id)
         first = number == 1
-        capture = capture_points(lm, input_ids, mask, hidden_states=first)
+        captured = capture_points(lm, input_ids, mask, hidden_states=first)
         if first:
-            hook_error = verify_capture(lm, capture, mask)
-            capture.hidden_states = None
-        capture_state.add(capture, mask, start)
-        del capture
+            hook_error = verify_capture(lm, captured, mask)
+            captured.hidden_states = None
+        capture_state.add(captured, mask, start)
+        del captured
+    return capture_state, hook_error
+
+
+def run_geometry(params: GeometryParams, lm: LanguageModel, progress: Progress = no_progress) -> Result:
+    """Capture, average, store, reduce and describe; see the module docstring for the contract."""
+    layers, comps, ids, truncated = plan(params, lm)
+    capture_state, hook_error = capture(params, lm, ids, layers, comps, 0, len(ids), progress, CAPTURE_SHARE)
     progress(CAPTURE_SHARE, "logit lens and positional structure")
     states, norms, lens, upgraded = capture_state.finish()
     positional_means = capture_state.positional
     del capture_state
+    return describe_run(params, lm, ids, truncated, layers, comps, states, norms, lens, upgraded,
+                        positional_means, hook_error, progress)
+
+
+def describe_run(params: GeometryParams, lm: LanguageModel, ids: list[list[int]], truncated: list[bool],
+                 layers: range, comps: list[int], states: np.ndarray, norms: np.ndarray, lens: _Lens,
+                 upgraded: bool, positional_means: _PositionalMeans | None, hook_error: float,
+                 progress: Progress, fits: dict[str, PCAAccumulator] | None = None) -> Result:
+    """Reduce and describe captured states: the run's ``Result`` (``fits``: see ``points.describe``)."""
+    n_tokens = [len(row) for row in ids]
     meta = _metadata(params, layers, comps, ids)
     points = Points(states=states, norm=norms, **meta)
     reduced, described = describe(
         points, params.reduce_options(), lm.n_layers, device=lm.device,
-        progress=lambda f, s: progress(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * 0.95 * f, s),
+        progress=lambda f, s: progress(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * 0.95 * f, s), fits=fits,
     )
     positional_arrays, positional_summary = _positional(lm, positional_means, params.average)
     arrays: dict[str, np.ndarray] = {**meta, **reduced, "norm": norms, **positional_arrays}
