@@ -46,9 +46,12 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
-def _error_message(exc: BaseException, soft_time_limit: float | None = None) -> str:
+def _error_message(exc: BaseException, soft_time_limit: float | None = None, queue: str = "gpu") -> str:
     if isinstance(exc, SoftTimeLimitExceeded):
         limit = soft_time_limit or get_settings().soft_time_limit
+        if queue == "interactive":
+            return (f"time limit exceeded ({limit:g} s, the interactive lane's limit); "
+                    "choose fewer points or states, or ask an admin to lower the lane's bound")
         return f"time limit exceeded ({limit:g} s); try fewer prompts or tokens"
     if isinstance(exc, ModelLoadError):
         return str(exc)
@@ -130,6 +133,6 @@ def _execute(claim: lifecycle.Claim, worker: str, soft_time_limit: float | None 
             return "cancelled"
         except Exception as exc:  # every failure ends the run, never the worker
             log.exception("run %s failed", run_id)
-            lifecycle.fail(run_id, attempt, _error_message(exc, soft_time_limit), traceback.format_exc(),
+            lifecycle.fail(run_id, attempt, _error_message(exc, soft_time_limit, claim.queue), traceback.format_exc(),
                            timings)
             return "failed"

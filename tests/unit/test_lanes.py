@@ -187,3 +187,14 @@ def test_the_gpu_memory_share_is_applied_once_per_device_and_never_on_cpu(monkey
     assert calls == [(0.2, 0), (0.2, 1)]  # once per device
     with pytest.raises(ValueError, match=r"gpu_memory_fraction must be in \(0, 1\], got 1.5"):
         gpu_memory.limit_process_memory(torch.device("cuda:0"), 1.5)
+
+
+def test_a_run_past_the_lanes_soft_limit_says_so():
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from workers.execute import _error_message
+
+    lane = _error_message(SoftTimeLimitExceeded(), 60, "interactive")
+    assert lane.startswith("time limit exceeded (60 s, the interactive lane's limit); choose fewer points")
+    long_job = _error_message(SoftTimeLimitExceeded(), None, "gpu")
+    assert long_job == f"time limit exceeded ({Settings().soft_time_limit:g} s); try fewer prompts or tokens"
