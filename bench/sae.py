@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/sae.py [--sections throughput,seed,memory,memory_reducers,cofire] [--tokens 20000] [--layer 6]
+    python bench/sae.py [--sections throughput,reducers,seed,memory,memory_reducers,cofire] [--tokens 20000] [--layer 6]
                         [--d-sae 4608] [--k 64] [--memory-tokens 100000,400000,1600000]
                         [--memory-layer 0] [--cofire-latents 16384] [--cofire-tokens 1000000]
                         [--model-dir DIR] [--device auto] [--clock wall|cpu] [--repeats N]
@@ -15,11 +15,17 @@ Sections (ratios are against baselines measured in the same run):
 
 * ``throughput``: the harvest with every reducer (top-k, intervals, histogram, stats,
   exact co-firing, CSC) vs the floor: the same batches through the same forward that
-  stops at the hook plus ``sae.encode`` and nothing else. Target: >= 0.8x.
+  stops at the hook plus ``sae.encode`` and nothing else. Target: >= 0.8x. Two harvests:
+  as ``run_sae`` runs it (numpy reducers on a CPU, torch reducers on a GPU) and with the
+  torch reducers (``HarvestReducers(device=...)``) on the model's device.
+* ``reducers``: per-reducer rates in non-zeros per second on recorded batches: numpy
+  top-k + histogram + stats vs the same in torch on the device, and what stays on the
+  host either way (interval samples, the CSC writer), whose rate bounds a GPU harvest.
 * ``seed``: the seed's approach on the same non-zeros (recorded once from the model):
   write every non-zero activation to shards, then concatenate them, build per-latent
   indices by sorting, and sort each latent for its top-k; vs our streaming reducers
-  (top-k + CSC; and with every reducer). Time and bytes written.
+  (top-k + CSC, with the numpy and with the torch top-k; and every reducer). Time and
+  bytes written.
 * ``memory``: the harvest (all reducers + CSC) at each ``--memory-tokens`` on the model
   at ``--memory-layer`` (layer 0 keeps the CPU time sane): peak anonymous memory
   (``RssAnon``; the CSC's temporary files are page cache, not heap) beyond the loaded
@@ -135,9 +141,11 @@ def floor_pass(lm, sae, hook, sequences: list[list[int]], batch_tokens: int) -> 
 CLOCK = time.perf_counter
 
 
-def run_harvest(lm, sae, hook, sequences, batch_tokens: int, cofire: bool = True) -> tuple[float, int]:
+def run_harvest(lm, sae, hook, sequences, batch_tokens: int, cofire: bool = True,
+                device: torch.device | None = None) -> tuple[float, int]:
     d = sae.cfg.d_sae
-    reducers = HarvestReducers(d, top_k=20, interval_bins=10, interval_per_bin=5, hist_bins=48, cofire=cofire)
+    reducers = HarvestReducers(d, top_k=20, interval_bins=10, interval_per_bin=5, hist_bins=48, cofire=cofire,
+                               device=device)
     csc = CscWriter(d)
     start = CLOCK()
     harvest(lm, sae, hook, sequences, reducers, batch_tokens=batch_tokens, skip_positions=1,
@@ -153,16 +161,22 @@ def section_throughput(lm, args) -> None:
     seqs = corpus(lm, args.tokens)
     n = sum(map(len, seqs))
     floor_pass(lm, sae, hook, seqs[:2], args.batch_tokens)  # warm-up
-    floors, reals = [], []
-    for _ in range(args.repeats):  # alternated, so a load change hits both
+    floors, reals, devs = [], [], []
+    device = torch.device(lm.device)
+    for _ in range(args.repeats):  # alternated, so a load change hits all three
         floors.append(_timed(lambda: floor_pass(lm, sae, hook, seqs, args.batch_tokens)))
-        reals.append(run_harvest(lm, sae, hook, seqs, args.batch_tokens)[0])
-    t_floor, t_real = min(floors), min(reals)
+        reals.append(run_harvest(lm, sae, hook, seqs, args.batch_tokens,
+                                 device=None if device.type == "cpu" else device)[0])
+        devs.append(run_harvest(lm, sae, hook, seqs, args.batch_tokens, device=device)[0])
+    t_floor, t_real, t_dev = min(floors), min(reals), min(devs)
     print(f"throughput: {n:,} tokens, layer {args.layer}, d_sae {args.d_sae:,}, L0 {args.k}, {lm.device}, "
           f"clock {args.clock} (cpu: process CPU seconds, i.e. the work, robust to a shared machine's load)")
     print(f"  floor (forward to the hook + encode): {t_floor:.2f} s = {n / t_floor:,.0f} tokens/s")
-    print(f"  harvest, every reducer + CSC:         {t_real:.2f} s = {n / t_real:,.0f} tokens/s")
-    print(f"  ratio harvest / floor throughput: {t_floor / t_real:.2f}x (target >= 0.8x)")
+    print(f"  harvest as run_sae runs it:           {t_real:.2f} s = {n / t_real:,.0f} tokens/s "
+          f"({'numpy reducers' if device.type == 'cpu' else 'torch reducers on ' + str(device)})")
+    print(f"  harvest, torch reducers on {str(device):<9} {t_dev:.2f} s = {n / t_dev:,.0f} tokens/s")
+    print(f"  ratio harvest / floor throughput: {t_floor / t_real:.2f}x as run (target >= 0.8x), "
+          f"{t_floor / t_dev:.2f}x with the torch reducers on {device}")
 
 
 def _timed(fn) -> float:
@@ -176,8 +190,8 @@ def record_batches(lm, sae, hook, seqs, batch_tokens: int) -> list[SparseBatch]:
     recorded: list[SparseBatch] = []
 
     class Recorder(HarvestReducers):
-        def __init__(self) -> None:  # records only
-            pass
+        def __init__(self) -> None:  # records only (host-side, every reducer)
+            self.on_device = None
 
         def update(self, batch: SparseBatch) -> None:
             recorded.append(batch)
@@ -233,6 +247,16 @@ def section_seed(lm, args) -> None:
     ptr, tok, val = csc.finish()
     t_ours = time.perf_counter() - start
     ours_bytes = nnz * 12 + tok.nbytes + val.nbytes + ptr.nbytes  # temp COO + the CSC arrays
+    from latent_atlas.analyses.sae.device_reducers import DeviceTopK
+
+    start = time.perf_counter()
+    topk_t, csc = DeviceTopK(d, 20), CscWriter(d)
+    for b in batches:
+        topk_t.update_sparse(torch.from_numpy(b.latent), torch.from_numpy(b.token), torch.from_numpy(b.value))
+        csc.add(b)
+    topk_t.to_numpy()
+    ptr, tok, val = csc.finish()
+    t_torch = time.perf_counter() - start
     start = time.perf_counter()
     every = HarvestReducers(d, top_k=20, interval_bins=10, interval_per_bin=5, hist_bins=48, cofire=False)
     for b in batches:
@@ -242,8 +266,63 @@ def section_seed(lm, args) -> None:
     print(f"seed approach vs streaming, {nnz:,} non-zeros ({d:,} latents, {len(batches)} batches):")
     print(f"  seed: shards + per-latent index + sort for top-k: {t_seed:.2f} s, {seed_bytes / 2**20:,.1f} MiB written")
     print(f"  ours: top-k reducer + CSC (temp file + arrays):     {t_ours:.2f} s, {ours_bytes / 2**20:,.1f} MiB written")
+    print(f"  ours: torch top-k (CPU) + CSC:                       {t_torch:.2f} s, {ours_bytes / 2**20:,.1f} MiB written")
     print(f"  ours: every reducer but co-firing, no CSC:          {t_every:.2f} s, 0 MiB written")
-    print(f"  ratio seed / ours (top-k + CSC): {t_seed / t_ours:.2f}x time, {seed_bytes / ours_bytes:.2f}x bytes")
+    print(f"  ratio seed / ours (top-k + CSC): {t_seed / t_ours:.2f}x time (numpy top-k), "
+          f"{t_seed / t_torch:.2f}x (torch top-k); {seed_bytes / ours_bytes:.2f}x bytes")
+
+
+def section_reducers(lm, args) -> None:
+    """Per-reducer rates (non-zeros per CPU/wall second) on the recorded batches: numpy vs torch.
+
+    On a GPU the torch part runs on the device; what stays on the host per non-zero is
+    the copy of the non-zeros, the interval samples and the CSC writer: their rate bounds
+    a GPU harvest (tokens/s <= rate / L0).
+    """
+    from latent_atlas.analyses.sae.device_reducers import DeviceReducerSet
+    from latent_atlas.analyses.sae.intervals import Intervals
+    from latent_atlas.analyses.sae.reducers import Histogram, LatentStats
+
+    sae = random_sae(lm.d_model, args.d_sae, args.k, args.layer, lm.device)
+    batches = record_batches(lm, sae, sae_hook(sae), corpus(lm, args.tokens), args.batch_tokens)
+    nnz = sum(b.value.size for b in batches)
+    d = args.d_sae
+    device = torch.device(lm.device)
+    tensors = [(torch.from_numpy(b.latent).to(device), torch.from_numpy(b.token).to(device),
+                torch.from_numpy(b.value).to(device), b.n_tokens) for b in batches]
+
+    def numpy_set() -> None:
+        parts = (TopK(d, 20), Histogram(d, 48), LatentStats(d))
+        for b in batches:
+            for part in parts:
+                part.update(b)
+
+    def torch_set() -> None:
+        part = DeviceReducerSet(d, top_k=20, hist_bins=48, cofire=False, device=device)
+        for latent, token, value, n in tensors:
+            part.update_sparse(latent, token, value, n)
+        part.topk.to_numpy()
+        part.hist.to_numpy()
+        part.stats.to_numpy()
+
+    def intervals() -> None:
+        part = Intervals(d, 10, 5)
+        for b in batches:
+            part.update(b)
+
+    def csc() -> None:
+        writer = CscWriter(d)
+        for b in batches:
+            writer.add(b)
+        writer.finish()
+
+    print(f"reducers on {nnz:,} recorded non-zeros ({d:,} latents, L0 {args.k}, {len(batches)} batches), "
+          f"clock {args.clock}:")
+    for name, fn in (("numpy top-k + histogram + stats", numpy_set),
+                     (f"torch top-k + histogram + stats on {device}", torch_set),
+                     ("interval samples (host, numpy)", intervals), ("CSC writer incl. finish (host)", csc)):
+        seconds = min(_timed(fn) for _ in range(args.repeats))
+        print(f"  {name:<42} {seconds:6.2f} s = {nnz / seconds / 1e6:6.2f} M non-zeros/s")
 
 
 def section_memory(lm, args) -> None:
@@ -345,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
         elif section == "memory_reducers":
             section_memory_reducers(args)
         else:
-            {"throughput": section_throughput, "seed": section_seed, "memory": section_memory}[section](lm, args)
+            {"throughput": section_throughput, "seed": section_seed, "memory": section_memory,
+             "reducers": section_reducers}[section](lm, args)
         sys.stdout.flush()
 
 

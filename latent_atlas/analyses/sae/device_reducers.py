@@ -225,10 +225,12 @@ class DeviceReducerSet:
         if token.numel() and int(token.max()) > _LOW:
             raise ValueError("token indices must be below 2**32")
         where = torch.nonzero(feats)
-        latent = where[:, 1]
-        value = feats[where[:, 0], latent]
-        self.stats.update_sparse(latent, value, feats.shape[0])
-        self.hist.update_sparse(latent, value)
-        self.topk.update_sparse(latent, token[where[:, 0]], value)
+        self.update_sparse(where[:, 1], token[where[:, 0]], feats[where[:, 0], where[:, 1]], feats.shape[0])
         if self.cofire is not None:
             self.cofire.update(feats)
+
+    def update_sparse(self, latent: Tensor, token: Tensor, value: Tensor, encoded: int) -> None:
+        """Top-k, histogram and stats from non-zeros (co-firing needs ``update``'s dense batch)."""
+        self.stats.update_sparse(latent, value, encoded)
+        self.hist.update_sparse(latent, value)
+        self.topk.update_sparse(latent, token, value)
