@@ -59,8 +59,9 @@ __all__ = ["SHARDABLE", "ShardResult", "ShardableKind", "check_parts", "check_sp
 def _registry() -> dict[str, ShardableKind]:
     from latent_atlas.analyses.geometry.shard import GEOMETRY_SHARDS
     from latent_atlas.analyses.grid.shard import GRID_SHARDS
+    from latent_atlas.analyses.sae.shard import SAE_SHARDS
 
-    kinds: list[ShardableKind] = [GRID_SHARDS, GEOMETRY_SHARDS]
+    kinds: list[ShardableKind] = [GRID_SHARDS, SAE_SHARDS, GEOMETRY_SHARDS]
     return {kind.name: kind for kind in kinds}
 
 

@@ -36,6 +36,7 @@ from latent_atlas.analyses.sae.decoder_geometry import (
 from latent_atlas.analyses.sae.harvest import (
     OUTLIER_FACTOR,
     CscWriter,
+    HarvestTokens,
     corpus_sequences,
     harvest,
     windows_needed,
@@ -44,7 +45,7 @@ from latent_atlas.analyses.sae.logit_effects import latent_labels, logit_effects
 from latent_atlas.analyses.sae.params import SaeParams
 from latent_atlas.analyses.sae.reducers import HarvestReducers
 
-__all__ = ["load_corpus", "run_sae"]
+__all__ = ["cofire_computed", "describe_harvest", "load_checked_sae", "load_corpus", "make_reducers", "run_sae"]
 
 
 def load_corpus(params: SaeParams, tokenizer: Any) -> tuple[list[list[int]], str]:
@@ -87,18 +88,44 @@ def _default_loader(runs: Any) -> Any:
     return load
 
 
-def run_sae(params: SaeParams, lm: Any, progress: Progress = no_progress, *, runs: Any = None,
-            sae_loader: Any = None) -> Result:
+def load_checked_sae(params: SaeParams, lm: Any, *, runs: Any = None,
+                     sae_loader: Any = None) -> tuple[Any, Any, np.ndarray]:
+    """The run's SAE, its hook point and its decoder rows, checked against the model."""
     from latent_atlas.analyses.sae.source import check_sae_fits, decoder_rows, sae_hook
 
+    sae = (sae_loader or _default_loader(runs))(params.sae, lm.device)
+    hook = sae_hook(sae)
+    check_sae_fits(int(sae.cfg.d_in), hook.layer, lm.d_model, lm.n_layers, model_name=params.model)
+    rows = decoder_rows(sae)  # refuses SAEs whose decode is not "activations x rows + bias"
+    return sae, hook, rows
+
+
+def cofire_computed(params: SaeParams, d_sae: int) -> bool:
+    """Whether the run counts co-firing (asked, and the SAE is narrow enough)."""
+    from latent_atlas.analyses.sae.cofire import MAX_COFIRE_LATENTS
+
+    return params.cofire and d_sae <= MAX_COFIRE_LATENTS
+
+
+def make_reducers(params: SaeParams, d_sae: int, sae: Any) -> HarvestReducers:
+    """The run's reducers: on the SAE's device off the CPU, numpy on a CPU."""
+    cofire = cofire_computed(params, d_sae)
+    sae_device = next(sae.parameters()).device
+    # off the CPU, top-k / histogram / stats / co-firing reduce where the activations are;
+    # on a CPU the numpy reducers are faster (bench/sae.py --sections throughput)
+    return HarvestReducers(d_sae, top_k=params.top_k, interval_bins=params.interval_bins,
+                           interval_per_bin=params.interval_per_bin, hist_bins=params.hist_bins,
+                           seed=params.seed, cofire=cofire,
+                           device=None if sae_device.type == "cpu" else sae_device)
+
+
+def run_sae(params: SaeParams, lm: Any, progress: Progress = no_progress, *, runs: Any = None,
+            sae_loader: Any = None) -> Result:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     progress(0.0, "loading the SAE")
-    sae = (sae_loader or _default_loader(runs))(params.sae, lm.device)
-    hook = sae_hook(sae)
-    d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
-    check_sae_fits(d_in, hook.layer, lm.d_model, lm.n_layers, model_name=params.model)
-    rows = decoder_rows(sae)  # refuses SAEs whose decode is not "activations x rows + bias"
+    sae, hook, rows = load_checked_sae(params, lm, runs=runs, sae_loader=sae_loader)
+    d_sae = int(sae.cfg.d_sae)
     timings["load_sae_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -107,16 +134,9 @@ def run_sae(params: SaeParams, lm: Any, progress: Progress = no_progress, *, run
     timings["corpus_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    from latent_atlas.analyses.sae.cofire import MAX_COFIRE_LATENTS
-
-    cofire = params.cofire and d_sae <= MAX_COFIRE_LATENTS
+    reducers = make_reducers(params, d_sae, sae)
     sae_device = next(sae.parameters()).device
-    # off the CPU, top-k / histogram / stats / co-firing reduce where the activations are;
-    # on a CPU the numpy reducers are faster (bench/sae.py --sections throughput)
-    reducers = HarvestReducers(d_sae, top_k=params.top_k, interval_bins=params.interval_bins,
-                               interval_per_bin=params.interval_per_bin, hist_bins=params.hist_bins,
-                               seed=params.seed, cofire=cofire,
-                               device=None if sae_device.type == "cpu" else sae_device)
+    reducers_on = "host (numpy)" if sae_device.type == "cpu" else f"{sae_device} (torch) + host"
     csc = CscWriter(d_sae)
     tokens = harvest(lm, sae, hook, sequences, reducers, batch_tokens=params.batch_tokens,
                      skip_positions=params.skip_positions, progress=progress, csc=csc,
@@ -125,9 +145,28 @@ def run_sae(params: SaeParams, lm: Any, progress: Progress = no_progress, *, run
     started = time.perf_counter()
     progress(0.8, "sorting the sparse activations by latent")
     lat_ptr, lat_token, lat_value = csc.finish()
+    cofire = cofire_computed(params, d_sae)
     arrays = reducers.result(params.edges_k)
     timings["reduce_s"] = time.perf_counter() - started
+    return describe_harvest(params, lm, sae, hook, rows, arrays, tokens,
+                            (lat_ptr, lat_token, lat_value), n_encoded=int(reducers.stats.n_tokens),
+                            sequences=len(sequences), note=note, reducers_on=reducers_on, cofire=cofire,
+                            timings=timings, progress=progress)
 
+
+def describe_harvest(params: SaeParams, lm: Any, sae: Any, hook: Any, rows: np.ndarray,
+                     arrays: dict[str, np.ndarray], tokens: HarvestTokens,
+                     csc: tuple[np.ndarray, np.ndarray, np.ndarray], *, n_encoded: int, sequences: int,
+                     note: str, reducers_on: str, cofire: bool, timings: dict[str, float],
+                     progress: Progress) -> Result:
+    """Decoder geometry, logit effects and labels on top of a harvest: the run's ``Result``.
+
+    ``arrays``: ``HarvestReducers.result``; ``csc``: ``(lat_ptr, lat_token, lat_value)``.
+    """
+    from latent_atlas.analyses.sae.cofire import MAX_COFIRE_LATENTS
+
+    lat_ptr, lat_token, lat_value = csc
+    d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
     started = time.perf_counter()
     progress(0.85, "decoder geometry: neighbours and clusters")
     edge_idx, edge_val = cosine_edges(rows, params.edges_k)
@@ -162,17 +201,17 @@ def run_sae(params: SaeParams, lm: Any, progress: Progress = no_progress, *, run
         "d_sae": d_sae, "d_in": d_in, "hook_layer": hook.layer, "hook_name": hook.name,
         "hook_point": hook.point, "architecture": str(sae.cfg.architecture()),
         "n_tokens": int(tokens.token_id.size), "tokens_requested": params.n_tokens,
-        "tokens_encoded": int(reducers.stats.n_tokens), "sequences": len(sequences),
+        "tokens_encoded": n_encoded, "sequences": sequences,
         "outliers_dropped": tokens.outliers_dropped,
         "outlier_rule": (f"rows with a norm over {OUTLIER_FACTOR:g}x their batch's median left out of the encoding"
                          if params.drop_outliers else "none left out"),
-        "reducers_on": "host (numpy)" if sae_device.type == "cpu" else f"{sae_device} (torch) + host",
+        "reducers_on": reducers_on,
         "corpus_note": note, "window": params.window, "top_k": params.top_k,
         "interval_bins": params.interval_bins, "interval_per_bin": params.interval_per_bin,
         "edges_k": params.edges_k, "n_clusters": n_clusters, "spectral_affinity": affinity,
         "cofire": "exact on the harvested tokens" if cofire else
                   f"not computed ({d_sae:,} latents; the limit is {MAX_COFIRE_LATENTS:,})",
-        "mean_l0": float(lat_token.size / max(1, reducers.stats.n_tokens)),
+        "mean_l0": float(lat_token.size / max(1, n_encoded)),
         "dead_fraction": float(np.mean(arrays["fire_count"] == 0)),
         "labels": labels, "vocab": vocab, "sae": params.sae.describe(),
         "timings": {k: round(v, 4) for k, v in timings.items()},
