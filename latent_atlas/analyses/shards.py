@@ -39,6 +39,29 @@ Invariants a kind keeps:
   grid only reads ``lm.tokenizer``);
 * ``shard_count`` never splits a run smaller than two shards' worth of work
   (``min_units_per_shard``), nor when fewer than two workers are idle.
+
+The kinds (work units; shard spec; equality with the unsharded run):
+
+* ``grid`` (``grid/shard.py``): cells; ``{"index", "count", "begin", "end"}``
+  cell ranges of whole resume pieces (8,192 cells); pass the run's
+  ``checkpoint=`` to ``run_shard`` so a retried shard resumes its pieces;
+  ``finish`` reads only ``lm.tokenizer``; arrays bit for bit (on a GPU: equal
+  to an unsharded run streamed with a checkpoint, as the worker runs it),
+  summary equal but timings;
+* ``sae`` (``sae/shard.py``): tokens asked for; ``{"index", "count"}``, a
+  contiguous slice of the run's harvest batches, resolved from the corpus
+  when the shard runs; ``run_shard`` and ``finish`` take ``runs=`` /
+  ``sae_loader=`` as ``run_sae`` does (``finish`` loads the SAE and the
+  model's unembedding); exact but two float sums (``mean_act``,
+  ``edge_coact_val``);
+* ``geometry`` (``geometry/shard.py``): prompts; ``{"index", "count",
+  "prompt_begin", "prompt_end"}``, whole batches; PCA from merged float64
+  covariance sums; states exact, coordinates to ~1e-5 of their scale.
+
+A shard's ``progress`` fractions are its own (0 to 1); a run's progress is
+the work-unit-weighted sum, which the runtime computes (a shard's work units:
+grid ``end - begin``, geometry ``prompt_end - prompt_begin``, sae
+``work_units / count``).
 """
 
 from __future__ import annotations

@@ -94,3 +94,38 @@ def test_float32_products_are_close() -> None:
     np.testing.assert_allclose(fit.components, exact.components, atol=1e-4)
     with pytest.raises(ValueError, match="products"):
         PCAAccumulator(products="float16")  # type: ignore[arg-type]
+
+
+def test_merged_accumulators_equal_one_pass() -> None:
+    """Sums of separate parts (sharded runs), carried as arrays and merged, give the one-pass fit."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 6)) * np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.1]) + 100.0  # far from the origin
+    whole = PCAAccumulator()
+    whole.update(X)
+    parts = []
+    for rows in (slice(0, 40), slice(40, 41), slice(41, 300)):
+        part = PCAAccumulator()
+        part.update(X[rows])
+        parts.append(PCAAccumulator.from_arrays(part.to_arrays()))
+    merged = PCAAccumulator.from_arrays(PCAAccumulator().to_arrays())  # an empty part merges too
+    for part in parts:
+        merged.merge(part)
+    assert merged.n == whole.n == 300
+    a, b = merged.finalize(4), whole.finalize(4)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
+    np.testing.assert_allclose(a.components, b.components, atol=1e-9)
+    np.testing.assert_allclose(a.explained_variance, b.explained_variance, rtol=1e-9)
+    # merging in another grouping: (p0 + p1) + p2 == p0 + (p1 + p2) to float64 rounding
+    left = PCAAccumulator.from_arrays(parts[0].to_arrays())
+    left.merge(parts[1])
+    left.merge(parts[2])
+    right = PCAAccumulator.from_arrays(parts[1].to_arrays())
+    right.merge(parts[2])
+    grouped = PCAAccumulator.from_arrays(parts[0].to_arrays())
+    grouped.merge(right)
+    for key, value in left.to_arrays().items():
+        np.testing.assert_allclose(grouped.to_arrays()[key], value, rtol=1e-10, atol=1e-8, err_msg=key)
+    with pytest.raises(ValueError, match="width"):
+        other = PCAAccumulator()
+        other.update(rng.normal(size=(5, 3)))
+        merged.merge(other)

@@ -22,7 +22,11 @@
   unsharded ``run_grid``'s bit for bit (same machine and device kind), and so
   does the summary except ``seconds`` / ``cells_per_second`` (summed shard
   times) and, when a GPU halved a batch, ``batch_sizes``. Only
-  ``lm.tokenizer`` is read.
+  ``lm.tokenizer`` is read. On a CPU every batch lies inside a piece, so
+  this holds whether or not the unsharded run had a checkpoint; on a GPU a
+  batch (vocabulary-sized, e.g. 5,461 cells) may straddle pieces without a
+  checkpoint, so the bitwise reference is the unsharded run streamed piece by
+  piece with a checkpoint, which is how the worker runs every grid.
 """
 
 from __future__ import annotations
