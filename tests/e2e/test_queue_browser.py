@@ -18,6 +18,7 @@ import re
 
 import pytest
 from browser_helpers import api_session, log_in
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -38,14 +39,28 @@ def _submit(api, portal, size: int, title: str) -> str:
 
 
 def _table_order(driver) -> list[str]:
-    return [row.get_attribute("data-run")
-            for row in driver.find_elements(By.CSS_SELECTOR, "#admin-queue-table tbody tr")]
+    """Run IDs of the queue table's rows, read in one script (the table is rebuilt every few seconds)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#admin-queue-table tbody tr')].map(r => r.dataset.run);")
 
 
-def _checkbox(driver, run_id: str):
-    """The visible selection checkbox of a run's row in the /runs grid, once drawn."""
-    boxes = driver.find_elements(By.CSS_SELECTOR, f".ag-row[row-id='{run_id}'] .ag-selection-checkbox")
-    return next((box for box in boxes if box.is_displayed()), None)
+def _row_text(driver, run_id: str) -> str:
+    return driver.execute_script(
+        "const r = document.querySelector(`#admin-queue-table tr[data-run='${arguments[0]}']`);"
+        "return r ? r.innerText : '';", run_id)
+
+
+def _clicked(driver, css: str) -> bool:
+    """Click the first displayed element matching ``css``; False (try again) while there is none or
+    it was replaced between finding and clicking (the page redraws on its own every few seconds)."""
+    try:
+        element = next((e for e in driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()), None)
+        if element is None:
+            return False
+        element.click()
+        return True
+    except StaleElementReferenceException:
+        return False
 
 
 def _waiting(api, portal) -> list[str]:
@@ -71,18 +86,23 @@ def test_admin_moves_a_run_to_the_top(live_portal, browser, artifacts_dir):
         assert len(waiting) >= 3, waiting
         target = waiting[-1]  # the last run of the queue
 
-        browser.find_element(By.CSS_SELECTOR, f"tr[data-run='{target}'] button[id*='queue-top']").click()
+        wait.until(lambda d: _clicked(d, f"tr[data-run='{target}'] button[id*='queue-top']"))
         alert = wait.until(EC.visibility_of_element_located((By.ID, "admin-queue-alert")))
         assert alert.text == f"Moved {target} to the top of its queue."
-        order = _table_order(browser)
-        still_waiting = [r for r in _waiting(api, portal) if r != target]
-        assert still_waiting and all(order.index(target) < order.index(r) for r in still_waiting), order
-        row = browser.find_element(By.CSS_SELECTOR, f"tr[data-run='{target}']").text
+
+        def first_of_the_waiting(driver) -> bool:
+            """The table shows the target before every other run still waiting (a refresh
+            computed just before the move may paint the old order for one more tick)."""
+            order, others = _table_order(driver), [r for r in _waiting(api, portal) if r != target]
+            return bool(others) and target in order and all(
+                r in order and order.index(target) < order.index(r) for r in others)
+
+        wait.until(first_of_the_waiting)
+        row = _row_text(browser, target)
         assert "e2e queue" in row and "grid" in row
         browser.save_screenshot(str(artifacts_dir / "e2e-queue-after-move.png"))
-        members = browser.find_element(By.ID, "admin-members-table")
-        assert portal.username in members.text
-        browser.execute_script("arguments[0].scrollIntoView()", members)
+        assert portal.username in browser.execute_script(
+            "const t = document.getElementById('admin-members-table'); t.scrollIntoView(); return t.innerText;")
         browser.save_screenshot(str(artifacts_dir / "e2e-queue-members.png"))
         history = api.get(f"{portal.url}/api/runs/{target}", timeout=30).json()["events"]
         assert [(e["action"], e["detail"]["where"]) for e in history] == [("move", "top")]
@@ -100,7 +120,7 @@ def test_admin_moves_a_run_to_the_top(live_portal, browser, artifacts_dir):
         pick = _waiting(api, portal)[-2:]
         browser.get(portal.url + "/runs")
         for run_id in pick:
-            wait.until(lambda d, r=run_id: _checkbox(d, r)).click()
+            wait.until(lambda d, r=run_id: _clicked(d, f".ag-row[row-id='{r}'] .ag-selection-checkbox"))
         wait.until(EC.text_to_be_present_in_element((By.ID, "runs-bulk-count"), "2 runs selected"))
         Select(browser.find_element(By.ID, "runs-bulk-action")).select_by_value("cancel")
         browser.save_screenshot(str(artifacts_dir / "e2e-runs-bulk-selected.png"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html
+from dash import ALL, Input, Output, State, callback, clientside_callback, dcc, html
 from flask_login import current_user
 
 from webapp import queue_admin
@@ -125,6 +125,7 @@ def layout(**_kwargs):
                  class_name="mb-3"),
         dcc.ConfirmDialog(id="admin-queue-confirm", message=""),
         dcc.Store(id="admin-queue-pending"),
+        dcc.Store(id="admin-queue-request"),
         dcc.Interval(id="admin-queue-refresh", interval=REFRESH_MS),
     ], id="admin-queue-page")
 
@@ -153,27 +154,46 @@ def _refresh(_tick):
     return queue_table(queue_admin.queue_rows()), members_table(queue_admin.member_rows())
 
 
+# A click becomes a request in a store, in the browser: the table is rebuilt every few seconds, and
+# each rebuild fires a callback on the buttons (new components); done on the server, that call
+# would supersede a click's call in flight and Dash would drop the click's answer.
+clientside_callback(
+    """
+    function(top, bottom, cancel) {
+        const clicked = (window.dash_clientside.callback_context.triggered || []).filter(t => t.value);
+        if (!clicked.length) { return window.dash_clientside.no_update; }
+        const id = JSON.parse(clicked[0].prop_id.slice(0, clicked[0].prop_id.lastIndexOf(".")));
+        return {run: id.index, action: id.type, at: Date.now()};
+    }
+    """,
+    Output("admin-queue-request", "data"),
+    Input({"type": "queue-top", "index": ALL}, "n_clicks"),
+    Input({"type": "queue-bottom", "index": ALL}, "n_clicks"),
+    Input({"type": "queue-cancel", "index": ALL}, "n_clicks"),
+    prevent_initial_call=True,
+)
+
+
 @callback(
     Output("admin-queue-message", "children"),
     Output("admin-queue-area", "children", allow_duplicate=True),
     Output("admin-queue-confirm", "displayed"),
     Output("admin-queue-confirm", "message"),
     Output("admin-queue-pending", "data"),
-    Input({"type": "queue-top", "index": ALL}, "n_clicks"),
-    Input({"type": "queue-bottom", "index": ALL}, "n_clicks"),
-    Input({"type": "queue-cancel", "index": ALL}, "n_clicks"),
+    Input("admin-queue-request", "data"),
     prevent_initial_call=True,
 )
-def _act(_top, _bottom, _cancel):
+def _act(request):
     keep = dash.no_update
-    trigger = ctx.triggered_id
-    if not isinstance(trigger, dict) or not any(t.get("value") for t in ctx.triggered):
-        return keep, keep, False, keep, keep  # a table rebuilt, not a click
+    if not isinstance(request, dict) or not isinstance(request.get("run"), str):
+        return keep, keep, False, keep, keep
     if not current_user.is_admin:
         return _message("Only administrators may change the queue.", "danger"), keep, False, keep, keep
-    run_id, kind = trigger["index"], trigger["type"]
+    run_id, kind = request["run"], request.get("action")
     if kind == "queue-cancel":
         return keep, keep, True, f"Cancel run {run_id}? Its owner sees that you cancelled it.", run_id
+    if kind not in ("queue-top", "queue-bottom"):
+        return keep, keep, False, keep, keep
     where = "top" if kind == "queue-top" else "bottom"
     try:
         moved = queue_admin.move_run(current_user, run_id, where)
