@@ -172,7 +172,7 @@ def validate_params(kind_name: str, raw: Any) -> Any:
     if isinstance(model_name, str) and model_name in settings.models:
         missing = missing_files(model_name, settings.model_source(model_name))
         if missing is not None:  # a catalogue model whose files were never fetched
-            raise SubmissionError([f"model: {missing}"])
+            raise SubmissionError([missing])
         context["count_tokens"] = _token_counter(model_name)
         shape = model_shape(model_name)  # bounds of layers and token ids, from the config alone
         if shape.n_layers is not None:

@@ -53,7 +53,7 @@ def test_a_model_whose_files_are_not_fetched_is_refused_before_queueing(portal):
     assert response.status_code == 400, response.text
     expected_path = portal.data_dir.resolve() / "models" / "gemma3-270m"
     assert response.json()["messages"] == [
-        f"model: model '{GEMMA3_MODEL_NAME}' is in the catalogue but its files are not on this machine "
+        f"model '{GEMMA3_MODEL_NAME}' is in the catalogue but its files are not on this machine "
         f"({expected_path} is missing); fetch them with `latent-atlas fetch-model {GEMMA3_MODEL_NAME}`"
     ]
     assert _runs(portal) == 0
