@@ -187,14 +187,15 @@ def nearest(lm: LanguageModel, token: str, k: int = 8) -> list[tuple[str, float]
 
 
 def saliency(lm: LanguageModel, text: str, target: str | None = None, foil: str | None = None,
-             ig_steps: int = 32, ig_batch: int = 8, baseline: str = "mean") -> dict[str, Any]:
+             ig_steps: int = 32, ig_batch: int = 8, baseline: str = "mean",
+             keep_first: bool = True) -> dict[str, Any]:
     """Per input token: ``grad_norm``, ``grad_input`` and (``ig_steps > 0``) ``ig``; plus the score and target."""
     ids, tr = _trace(lm, text, target, foil)
     grad_norm, grad_input = gradient_scores(tr.embeddings, tr.gradient)
     out: dict[str, Any] = {"tokens": _tokens(lm, ids), "grad_norm": grad_norm, "grad_input": grad_input,
                            "target": _tokens(lm, [tr.target])[0], "score": tr.score}
     if ig_steps > 0:
-        ig = integrated_gradients(lm, ids, tr.target, tr.foil, ig_steps, ig_batch, baseline)
+        ig = integrated_gradients(lm, ids, tr.target, tr.foil, ig_steps, ig_batch, baseline, keep_first=keep_first)
         out.update({"ig": ig.attributions, "ig_completeness_error": ig.completeness_error})
     return out
 

@@ -81,6 +81,8 @@ class AnatomyParams(BaseModel):
     ig_steps: StrictInt = Field(32, ge=0, le=MAX_IG_STEPS, description="integrated-gradients steps (0: none)")
     ig_baseline: Literal["mean", "pad", "zero"] = Field("mean", description="integrated-gradients baseline embedding")
     ig_batch: StrictInt = Field(8, ge=1, le=MAX_IG_BATCH, description="interpolation points per forward")
+    ig_keep_first: StrictBool = Field(True, description="integrated gradients: the first token (an attention "
+                                      "sink) keeps its own embedding on the path and gets no attribution")
     top_neurons: StrictInt = Field(8, ge=1, le=MAX_TOP_NEURONS, description="MLP neurons kept per (layer, token)")
     vocab_sample: StrictInt = Field(2000, ge=0, le=MAX_VOCAB_SAMPLE, description="vocabulary rows projected with the prompt's")
     neighbours: StrictInt = Field(8, ge=1, le=MAX_NEIGHBOURS, description="nearest tokens by cosine per prompt token")

@@ -145,9 +145,10 @@ def run_anatomy(params: AnatomyParams, lm: LanguageModel, progress: Progress = n
 
         progress(0.7, f"integrated gradients 0/{params.ig_steps}")
         ig = integrated_gradients(lm, ids, tr.target, tr.foil, params.ig_steps, params.ig_batch,
-                                  params.ig_baseline, ig_progress)
+                                  params.ig_baseline, ig_progress, keep_first=params.ig_keep_first)
         arrays["saliency_ig"] = ig.attributions
-        saliency.update({"ig_steps": ig.steps, "ig_baseline": params.ig_baseline, "ig_score": ig.score, "ig_baseline_score": ig.baseline_score,
+        saliency.update({"ig_steps": ig.steps, "ig_baseline": params.ig_baseline,
+                         "ig_keep_first": params.ig_keep_first, "ig_score": ig.score, "ig_baseline_score": ig.baseline_score,
                          "ig_sum": float(ig.attributions.sum()),
                          "ig_completeness_error": ig.completeness_error})
     lap("saliency")

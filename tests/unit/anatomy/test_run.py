@@ -9,6 +9,7 @@ import torch
 from latent_atlas.analyses.anatomy import AnatomyParams, run_anatomy
 from latent_atlas.analyses.anatomy.attention import pool_pattern, thumbnails
 from latent_atlas.analyses.anatomy.forward import trace
+from latent_atlas.analyses.anatomy.saliency import integrated_gradients
 from latent_atlas.analyses.base import Cancelled
 from latent_atlas.lm import LanguageModel
 
@@ -190,6 +191,19 @@ def test_integrated_gradients_completeness(lm: LanguageModel) -> None:
     assert sal["ig_completeness_error"] <= 0.01 * difference
     assert result.arrays["saliency_ig"].shape == (len(PROMPT),)
     assert sal["ig_score"] == pytest.approx(sal["score"], rel=1e-4, abs=1e-6)
+
+
+def test_integrated_gradients_keep_first(lm: LanguageModel) -> None:
+    """keep_first (the default) holds position 0 at its own embedding: it gets no attribution, and
+    completeness still holds against the new baseline; without it position 0 is attributed."""
+    ids = _ids(lm)[0].tolist()
+    kept = integrated_gradients(lm, ids, 5, None, 64, 16)
+    moved = integrated_gradients(lm, ids, 5, None, 64, 16, keep_first=False)
+    assert kept.attributions[0] == 0.0 and moved.attributions[0] != 0.0
+    assert kept.baseline_score != pytest.approx(moved.baseline_score)
+    assert kept.score == pytest.approx(moved.score)
+    for ig in (kept, moved):
+        assert ig.completeness_error <= 0.01 * abs(ig.score - ig.baseline_score)
 
 
 def test_target_foil_and_bounds(lm: LanguageModel) -> None:

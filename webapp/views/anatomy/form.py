@@ -77,7 +77,10 @@ def form_fields(settings: Any) -> list[Any]:
         ]),
         dbc.Row([_number("max_tokens"), _number("ig_steps"), _number("ig_batch")]),
         dbc.Row([_number("top_neurons"), _number("vocab_sample"), _number("neighbours")]),
-        dbc.Row([_number("lens_positions")]),
+        dbc.Row([_number("lens_positions"),
+                 dbc.Col(dbc.Switch(id=field_id(KIND, "ig_keep_first"), value=True, class_name="mt-5",
+                                    label="IG: hold the first token (an attention sink) at its own embedding"),
+                         md=8)]),
         dbc.Row([
             dbc.Col([dbc.Label("Embedding projection", class_name="mt-2"),
                      dbc.Select(id=field_id(KIND, "projection"), value="pca",
@@ -128,6 +131,7 @@ def params_from_form(model: str | None, values: Mapping[str, Any], limits: Any) 
     if projection not in ("pca", "umap"):
         errors.append("projection: must be pca or umap")
     params.update({"ig_baseline": baseline, "projection": projection,
+                   "ig_keep_first": bool(values.get("ig_keep_first", True)),
                    "sublayer_lens": bool(values.get("sublayer_lens", True))})
     if errors:
         raise FormError(errors)

@@ -90,7 +90,8 @@ def saliency_info(summary: Mapping[str, Any], vocab: Any) -> list[tuple[str, str
         rows.insert(1, ("foil", repr(vocab(sal["foil"]))))
     if "ig_steps" in sal:
         difference = float(sal["ig_score"]) - float(sal["ig_baseline_score"])
-        rows += [("IG steps / baseline", f"{sal['ig_steps']} / {sal.get('ig_baseline', 'zero')}"),
+        first = " (first token held at its own embedding)" if sal.get("ig_keep_first") else ""
+        rows += [("IG steps / baseline", f"{sal['ig_steps']} / {sal.get('ig_baseline', 'zero')}{first}"),
                  ("S(x) − S(baseline)", f"{difference:.5g}"),
                  ("sum of IG attributions", f"{float(sal['ig_sum']):.5g}"),
                  ("IG completeness error", f"{float(sal['ig_completeness_error']):.3g}"
