@@ -42,6 +42,7 @@ bench: install
 	$(PY) bench/geometry_scale.py --keep .atlas/bench/scale
 	$(PY) bench/pca.py --states .atlas/bench/scale/states.npy
 	$(PY) bench/umap_compile.py --states .atlas/bench/scale/states.npy
+	$(PY) bench/fair_share.py --json .atlas/bench/fair_share.json
 
 lint: install
 	$(VENV)/bin/ruff check .
