@@ -183,7 +183,8 @@ class Portal:
             return
         process.wait(timeout=60)
 
-    def wait_healthy(self, timeout: float = 90) -> None:
+    def wait_healthy(self, timeout: float = 300) -> None:
+        """Wait for /healthz; building the Dash app takes ~10 s of CPU, minutes on a loaded 2-core machine."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.web is not None and self.web.poll() is not None:
