@@ -14,5 +14,6 @@ Modules (one job each; see each module's docstring for its invariants):
 * ``corpus_demo``: the offline demo corpus of natural English (Debian packages).
 
 The harvest's modules (``params``, ``harvest``, ``reducers``, ...) are listed
-in their own docstrings.
+in their own docstrings; ``device_reducers`` holds the torch twins of the
+numpy reducers that run on the activations' device.
 """
