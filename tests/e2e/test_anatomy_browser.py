@@ -126,6 +126,12 @@ def test_anatomy_run_page(live_portal, browser, artifacts_dir) -> None:
     _click(driver, driver.find_element(By.LINK_TEXT, "Activations"))
     heat = WebDriverWait(driver, 30).until(
         EC.visibility_of_element_located((By.CSS_SELECTOR, "#anatomy-resid .nsewdrag")))
+    # The tab was hidden: Plotly first lays the figure out at a default width, then resizes it to
+    # its container. Aim only once that resize is done (its layout width is the container's).
+    WebDriverWait(driver, 30, poll_frequency=0.1).until(lambda d: d.execute_script(
+        "const g = document.querySelector('#anatomy-resid .js-plotly-plot');"
+        "return g && g._fullLayout && Math.abs(g._fullLayout.width - g.getBoundingClientRect().width) < 2;"))
+    heat = driver.find_element(By.CSS_SELECTOR, "#anatomy-resid .nsewdrag")
     width, height = float(heat.get_attribute("width")), float(heat.get_attribute("height"))
     # Column 0 of len(PROMPT), row 0 of 3 (layer 0 at the bottom).
     ActionChains(driver).move_to_element_with_offset(
@@ -133,6 +139,25 @@ def test_anatomy_run_page(live_portal, browser, artifacts_dir) -> None:
     title = WebDriverWait(driver, 30).until(EC.visibility_of_element_located((By.ID, "anatomy-neurons-title")))
     assert title.text.startswith("Layer 0, token 0")
     driver.save_screenshot(str(artifacts_dir / "anatomy-neurons.png"))
+
+    # The logit lens: the run decoded the last 32 positions (the default lens_positions); the page
+    # says so, and from position 0 the first len(PROMPT) - 32 columns are blank.
+    decoded_from = len(PROMPT) - 32
+    assert detail["summary"]["lens_decoded_from"] == decoded_from > 0
+    _click(driver, driver.find_element(By.LINK_TEXT, "Logit lens"))
+    note = WebDriverWait(driver, 30).until(EC.visibility_of_element_located((By.ID, "anatomy-lens-window-note")))
+    assert f"decoded positions {decoded_from}–{len(PROMPT) - 1}" in note.text
+    start = driver.find_element(By.ID, "anatomy-lens-start")
+    start.clear()
+    start.send_keys("0\n")
+    # the figure drawn from position 0 (its first column is labelled "0·..."), not the initial window
+    lens_text = ("const g = document.querySelector('#anatomy-lens .js-plotly-plot');"
+                 "return g && g.data && String(g.data[0].x[0]).startsWith('0·') ? g.data[0].text : null;")
+    first_cols = WebDriverWait(driver, 30).until(lambda d: d.execute_script(lens_text))
+    assert len(first_cols[0]) == 32
+    assert all(row[:decoded_from] == [""] * decoded_from for row in first_cols)
+    assert all(cell != "" for row in first_cols for cell in row[decoded_from:])
+    driver.save_screenshot(str(artifacts_dir / "anatomy-lens.png"))
 
     # A layer out of range in the URL: a clear message, and the page still draws layer 0.
     driver.get(f"{portal.url}/runs/{run_id}?layer=99&head=0")
