@@ -120,6 +120,28 @@ class FairShare(BaseModel):
     order: Literal["fair", "fifo"] = "fair"
 
 
+class Sharding(BaseModel):
+    """Splitting one big gpu run across idle workers (issue #14, ``workers.shards``).
+
+    ``enabled`` false: every run runs whole. ``min_units_per_shard``: per kind
+    (``grid`` cells, ``geometry`` prompts, ``sae`` tokens), the smallest shard
+    to cut, over the kind's own minimum (never below it); a run smaller than
+    two shards' worth runs whole.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    min_units_per_shard: dict[Literal["grid", "geometry", "sae"], int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Sharding:
+        for kind, units in self.min_units_per_shard.items():
+            if not 1 <= units <= 10**12:
+                raise ValueError(f"sharding.min_units_per_shard[{kind!r}] must be in 1..10**12, got {units}")
+        return self
+
+
 class SaeEntry(BaseModel):
     """One SAE of the admin's catalogue (``ATLAS_SAES``).
 
@@ -188,6 +210,8 @@ class Settings(BaseSettings):
     # Dispatch order of the gpu queue (ATLAS_FAIR_SHARE__ORDER=fifo, ATLAS_FAIR_SHARE__HALF_LIFE_S=...).
     fair_share: FairShare = Field(default_factory=FairShare)
     interactive: InteractiveLane = Field(default_factory=InteractiveLane)
+    # Sharded runs (ATLAS_SHARDING__ENABLED=false, ATLAS_SHARDING__MIN_UNITS_PER_SHARD='{"grid": 65536}').
+    sharding: Sharding = Field(default_factory=Sharding)
     # This process's cap on one CUDA device's memory (torch.cuda.set_per_process_memory_fraction),
     # applied by a worker before it loads a model; None: no cap. Ignored off CUDA.
     gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0)

@@ -9,6 +9,7 @@ from models.dispatch import DispatchLock, WorkerSlot
 from models.rate_limit import RateLimitCounter
 from models.run import TERMINAL_STATUSES, Artifact, Run, RunStatus
 from models.session import get_engine, get_sessionmaker, session_scope
+from models.shard import RunShard, ShardStatus
 from models.user import ApiToken, User
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "DispatchLock",
     "RateLimitCounter",
     "Run",
+    "RunShard",
     "RunStatus",
+    "ShardStatus",
     "TERMINAL_STATUSES",
     "User",
     "WorkerSlot",

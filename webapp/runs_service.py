@@ -445,6 +445,20 @@ def attempt_record(attempt: RunAttempt) -> dict[str, Any]:
     }
 
 
+def shard_records(run_id: str) -> list[dict[str, Any]]:
+    """A sharded run's shards (index, status, worker, device, attempts, progress, times); [] for a whole run."""
+    from models import RunShard
+
+    with session_scope() as session:
+        rows = session.execute(select(RunShard).where(RunShard.run_id == run_id).order_by(RunShard.idx)).scalars()
+        return [{
+            "index": row.idx, "count": row.count, "status": row.status, "worker": row.worker,
+            "device": row.device, "attempts": row.attempts, "progress": round(float(row.progress), 4),
+            "stage": row.stage, "units": int(row.units), "started_at": _iso(row.started_at),
+            "finished_at": _iso(row.finished_at), "gpu_s": round(float(row.gpu_s), 3), "error": row.error,
+        } for row in rows]
+
+
 def run_detail(run: Run) -> dict[str, Any]:
     """The full JSON form of a run (API detail, export summary)."""
     return {
@@ -468,6 +482,7 @@ def run_detail(run: Run) -> dict[str, Any]:
         "summary": run.summary,
         **queue_fields(run),
         "attempt_records": [attempt_record(a) for a in run.attempt_records],
+        "shards": shard_records(run.id),
         "artifacts": [
             {"name": a.name, "dtype": a.dtype, "shape": a.shape, "bytes": a.nbytes, "sha256": a.sha256}
             for a in run.artifacts

@@ -24,6 +24,8 @@ from celery import Celery
 from latent_atlas.settings import Settings, get_settings
 
 EXECUTE_TASK = "atlas.execute_run"
+SHARD_TASK = "atlas.execute_shard"
+MERGE_TASK = "atlas.merge_run"
 INTERACTIVE_QUEUE = "interactive"  # latent_atlas.analyses.lanes.INTERACTIVE
 QUEUES = ("gpu", "cpu", INTERACTIVE_QUEUE)
 
@@ -46,6 +48,18 @@ class AtlasCelery(Celery):
         return super().send_task(name, args, kwargs, **options)
 
 
+def result_backend_url(broker_url: str) -> str:
+    """The result backend a chord needs: Redis with a Redis broker, SQLAlchemy (``db+``) with the SQL broker.
+
+    Only shard tasks store results (the chord counts them); every other task ignores its result.
+    """
+    if broker_url.startswith("sqla+"):
+        return "db+" + broker_url[len("sqla+"):]
+    if broker_url.startswith(("redis://", "rediss://")):
+        return broker_url
+    raise ValueError(f"no result backend known for broker {broker_url!r}")
+
+
 def make_celery() -> Celery:
     settings = get_settings()
     app = AtlasCelery("latent_atlas", broker=settings.broker_url, include=["workers.tasks"])
@@ -57,7 +71,9 @@ def make_celery() -> Celery:
         transport_options = {"visibility_timeout": settings.visibility_timeout}
     app.conf.update(
         task_ignore_result=True,
-        result_backend=None,
+        result_backend=result_backend_url(settings.broker_url),
+        result_expires=7 * 86400,
+        result_extended=False,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -84,3 +100,23 @@ def dispatch_run(run_id: str, queue: str) -> None:
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}")
     app.send_task(EXECUTE_TASK, args=[run_id], queue=queue)
+
+
+def send_shards(run_id: str, count: int, queue: str, task_id: str) -> None:
+    """Send a sharded run: chord(group(execute_shard x count), merge_run), by name (no worker code imported).
+
+    The chord's callback is a nudge: the last shard's success write already
+    merges (``workers.execute_shard``); the database decides.
+    """
+    from celery import chord, group
+
+    header = group(app.signature(SHARD_TASK, args=[run_id, idx], queue=queue, task_id=f"{task_id}.{idx}")
+                   for idx in range(count))
+    callback = app.signature(MERGE_TASK, args=[run_id], queue=queue, task_id=f"{task_id}.merge",
+                             immutable=True)
+    chord(header)(callback)
+
+
+def send_shard(run_id: str, idx: int, queue: str) -> None:
+    """Re-send one shard alone (a stale shard the sweeper retries)."""
+    app.send_task(SHARD_TASK, args=[run_id, idx], queue=queue)

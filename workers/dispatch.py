@@ -17,6 +17,11 @@ frees, not at submit time. Invariants:
   write lock on SQLite), so concurrent dispatchers never over-fill the slots.
   Messages are sent after the commit; a send that fails clears
   ``dispatched_at`` again, which frees the slot.
+* A run of a shardable kind with enough work units, reached while >= 2
+  slots are free, is split into shards (``workers.shards.plan``, in the same
+  locked transaction) that take that many slots; its shards are sent as one
+  chord (``celery_app.send_shards``). Sharding off (``sharding.enabled``)
+  or one free slot: it runs whole.
 * Triggers: a submission (web), a terminal write of a worker (same process,
   right after it), a worker's start, and every sweep. Queues ``cpu`` and
   ``interactive`` are not gated: their runs are sent at submit.
@@ -33,7 +38,7 @@ from sqlalchemy import func, select, update
 from models import DispatchLock, Run, RunStatus, session_scope
 from models.base import utcnow
 from models.dispatch import DISPATCH_LOCK_ID
-from workers.celery_app import EXECUTE_TASK, app
+from workers.celery_app import EXECUTE_TASK, app, send_shards
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +108,12 @@ def dispatch_pending(now: datetime | None = None) -> list[str]:
     Returns the IDs whose messages the broker accepted. Safe to call from any
     process at any time; never raises for a broker that is down.
     """
+    from workers import shards
     from workers.queue_plan import gpu_queue
 
     now = now or utcnow()
     chosen: list[tuple[str, str]] = []
+    sharded: list[tuple[str, int, str]] = []  # run id, shard count, task id
     with session_scope() as session:  # no lock (no write) when nothing waits: the usual sweep
         waiting = session.scalar(
             select(func.count()).select_from(Run)
@@ -117,8 +124,19 @@ def dispatch_pending(now: datetime | None = None) -> list[str]:
     with session_scope() as session:
         _take_lock(session, now)
         state = gpu_queue(session, now)
-        for run in state.ready[: state.free]:
+        free = state.free
+        for run in state.ready:
+            if free <= 0:
+                break
             task_id = _new_task_id(run.run_id)
+            if free >= 2:  # a big run of a shardable kind takes the free slots as shards
+                kind, params = session.execute(select(Run.kind, Run.params).where(Run.id == run.run_id)).one()
+                count = shards.plan(session, run.run_id, kind, params or {}, free, now, task_id)
+                if count:
+                    sharded.append((run.run_id, count, task_id))
+                    free -= count
+                    continue
+            free -= 1
             result = session.execute(
                 update(Run)
                 .where(Run.id == run.run_id, Run.status == RunStatus.queued.value,
@@ -129,6 +147,12 @@ def dispatch_pending(now: datetime | None = None) -> list[str]:
             if result.rowcount == 1:
                 chosen.append((run.run_id, task_id))
     sent = [run_id for run_id, task_id in chosen if _send(run_id, GATED_QUEUE, task_id)]
+    for run_id, count, task_id in sharded:
+        try:
+            send_shards(run_id, count, GATED_QUEUE, task_id)
+            sent.append(run_id)
+        except Exception:  # its shards stay queued; the sweeper re-sends them
+            log.exception("broker unavailable: the shards of run %s wait for the sweeper", run_id)
     if sent:
         log.info("dispatched %s", ", ".join(sent))
     return sent

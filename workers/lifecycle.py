@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from latent_atlas.analyses import Cancelled
 from latent_atlas.settings import get_settings
-from models import Artifact, Run, RunStatus, session_scope
+from models import Artifact, Run, RunShard, RunStatus, session_scope
 from models.base import utcnow
 from models.run import AttemptOutcome, RunAttempt
 from models.store import StoredArray
@@ -85,7 +85,8 @@ def claim(run_id: str, worker: str, now: datetime | None = None, pid: int | None
     with session_scope() as session:
         result = session.execute(
             update(Run)
-            .where(Run.id == run_id, Run.cancel_requested.is_(False), claimable)
+            .where(Run.id == run_id, Run.cancel_requested.is_(False), claimable,
+                   ~exists().where(RunShard.run_id == Run.id))  # a sharded run is never claimed whole
             .values(
                 status=RunStatus.running.value,
                 attempts=Run.attempts + 1,

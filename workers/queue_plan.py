@@ -25,13 +25,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from latent_atlas.settings import get_settings
 from models.base import utcnow
 from models.dispatch import WorkerSlot
 from models.run import Run, RunAttempt, RunStatus
+from models.shard import SHARD_ACTIVE, RunShard
 from models.user import User
 from workers.estimates import Estimate, EstimateTable
 from workers.fair_share import (
@@ -109,6 +110,17 @@ def _gpu_spans(session: Session, owners: Iterable[int], now: datetime, since: da
         else:
             continue  # an attempt left open by a run that ended elsewhere: no known GPU time
         spans.append(Span(row.owner_id, row.started_at, end))
+    # Shards: each ended attempt's device time (gpu_s, laid out before its end) and a running attempt's so far.
+    for row in session.execute(
+        select(Run.owner_id, RunShard.status, RunShard.started_at, RunShard.finished_at, RunShard.gpu_s)
+        .join(Run, Run.id == RunShard.run_id)
+        .where(Run.owner_id.in_(owners), or_(RunShard.finished_at.is_(None), RunShard.finished_at >= since))
+    ).all():
+        if row.gpu_s:
+            end = row.finished_at or row.started_at or now
+            spans.append(Span(row.owner_id, end - timedelta(seconds=row.gpu_s), end))
+        if row.status == "running" and row.started_at is not None:
+            spans.append(Span(row.owner_id, row.started_at, now))
     return spans
 
 
@@ -133,13 +145,18 @@ def gpu_queue(session: Session, now: datetime | None = None,
     state = GpuQueue(slots=live_slots(session, now).get(GATED_QUEUE, 0), in_flight=0)
     waiting = []
     sent = []
+    active_shards = dict(session.execute(
+        select(RunShard.run_id, func.count()).join(Run, Run.id == RunShard.run_id)
+        .where(Run.status == RunStatus.running.value, RunShard.status.in_(SHARD_ACTIVE))
+        .group_by(RunShard.run_id)
+    ).all())
     for row in rows:
         if row.status == RunStatus.running.value:
             estimate = table.estimate(row.kind, row.params or {})
             state.estimates[row.id] = estimate
             elapsed = (now - row.started_at).total_seconds() if row.started_at else 0.0
             state.running_remaining.append(estimate.duration_s - elapsed)
-            state.in_flight += 1
+            state.in_flight += max(1, active_shards.get(row.id, 0))  # a sharded run holds a slot per shard
         elif row.dispatched_at is not None:
             sent.append((row.dispatched_at, row.created_at, row.id, _queued(row, table, state.estimates)))
             state.in_flight += 1

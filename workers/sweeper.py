@@ -13,6 +13,12 @@
   ``dispatch_pending`` (the catch-all trigger), which sends as many as there
   are free slots, in fair-share order; never-dispatched gpu runs are not sent
   blindly.
+* A sharded run is swept shard by shard (``sweep_shards``): a stale shard is
+  re-sent alone (at most once per ``stale_after``; its claim takes it over
+  with attempt + 1, or the run fails when the shard is out of attempts); a
+  shard never delivered is re-sent after ``redispatch_after``; a run whose
+  cancel was asked and whose shards all went quiet is cancelled; a run whose
+  shards all succeeded but that nobody merges (the merger died) is nudged.
 Every change is a conditional UPDATE, so several sweepers may run at once; a
 run ended here closes its open attempt record as ``lost`` and loses its saved
 pieces of work (``workers.checkpoints``).
@@ -23,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
@@ -31,7 +37,7 @@ from latent_atlas.settings import get_settings
 from models import Run, RunStatus, session_scope
 from models.base import utcnow
 from models.run import AttemptOutcome, RunAttempt
-from workers import worker_registry
+from workers import shards, worker_registry
 from workers.checkpoints import StoreCheckpoint
 from workers.dispatch import GATED_QUEUE, dispatch, dispatch_pending
 
@@ -83,7 +89,8 @@ def sweep(now: datetime | None = None) -> SweepReport:
     with session_scope() as session:
         stale = session.execute(
             select(Run.id, Run.attempts, Run.cancel_requested, Run.queue, Run.dispatched_at).where(
-                Run.status == RunStatus.running.value, _is_stale(stale_before)
+                Run.status == RunStatus.running.value, _is_stale(stale_before),
+                ~shards.has_shards(),  # a sharded run's shards are swept one by one (sweep_shards)
             )
         ).all()
         undelivered = session.execute(
@@ -111,10 +118,88 @@ def sweep(now: datetime | None = None) -> SweepReport:
             continue  # not sent yet: the dispatcher decides when, below
         if dispatch(row.id, row.queue):
             report.redispatched.append(row.id)
+    sweep_shards(now, report)
     report.dispatched = dispatch_pending(now)
     if report.redispatched or report.failed or report.cancelled or report.dispatched:
         log.info("sweep: %s", report)
     return report
+
+def _sent_at(task_id: str | None, fallback: datetime | None) -> datetime | None:
+    """When a shard's message was last (re-)sent: the sweeper's re-sends carry the time in the task id."""
+    part = (task_id or "").split(".")
+    if len(part) >= 3 and part[1].startswith("r") and part[1][1:].isdigit():
+        return datetime.fromtimestamp(int(part[1][1:]), tz=UTC)
+    return fallback
+
+
+def sweep_shards(now: datetime, report: SweepReport) -> None:
+    from models import RunShard, ShardStatus
+    from workers.celery_app import MERGE_TASK, app, send_shard
+
+    settings = get_settings()
+    stale_before = now - timedelta(seconds=settings.stale_after)
+    redispatch_before = now - timedelta(seconds=settings.redispatch_after)
+    with session_scope() as session:
+        rows = session.execute(
+            select(RunShard.run_id, RunShard.idx, RunShard.status, RunShard.attempts, RunShard.heartbeat_at,
+                   RunShard.task_id, Run.queue, Run.dispatched_at, Run.cancel_requested, Run.stage,
+                   Run.heartbeat_at.label("run_beat"))
+            .join(Run, Run.id == RunShard.run_id)
+            .where(Run.status == RunStatus.running.value)
+        ).all()
+    by_run: dict[str, list] = {}
+    for row in rows:
+        by_run.setdefault(row.run_id, []).append(row)
+    for run_id, items in by_run.items():
+        first = items[0]
+        quiet = all(r.status != ShardStatus.running.value or r.heartbeat_at is None or r.heartbeat_at < stale_before
+                    for r in items)
+        if first.cancel_requested:
+            if quiet and shards.end_run(run_id, RunStatus.cancelled.value):
+                StoreCheckpoint(run_id).clear()
+                report.cancelled.append(run_id)
+            continue
+        if all(r.status == ShardStatus.succeeded.value for r in items):
+            merging = first.stage == shards.MERGING
+            if not merging or first.run_beat is None or first.run_beat < stale_before:
+                app.send_task(MERGE_TASK, args=[run_id], queue=first.queue)  # the claim lets one merger through
+                report.redispatched.append(f"{run_id}:merge")
+            continue
+        for row in items:
+            sent = _sent_at(row.task_id, first.dispatched_at)
+            if row.status == ShardStatus.running.value and (row.heartbeat_at is None
+                                                              or row.heartbeat_at < stale_before):
+                if row.attempts >= settings.max_attempts:
+                    if shards.end_run(run_id, RunStatus.failed.value, shard=(row.idx, row.attempts),
+                                      shard_status=ShardStatus.failed.value,
+                                      error=f"shard {row.idx + 1}/{len(items)}: the worker was lost "
+                                            f"{row.attempts} times; giving up"):
+                        report.failed.append(run_id)
+                    break
+                due = sent is None or sent < stale_before
+            elif row.status == ShardStatus.queued.value:
+                due = sent is None or sent < redispatch_before
+            else:
+                continue
+            if due and _mark_resent(run_id, row.idx, row.task_id, now):
+                send_shard(run_id, row.idx, row.queue)
+                report.redispatched.append(f"{run_id}#{row.idx}")
+
+
+def _mark_resent(run_id: str, idx: int, old_task_id: str | None, now: datetime) -> bool:
+    """Compare-and-set the shard's task id to one carrying ``now``: one sweeper re-sends it."""
+    from models import RunShard
+
+    with session_scope() as session:
+        result = session.execute(
+            update(RunShard)
+            .where(RunShard.run_id == run_id, RunShard.idx == idx,
+                   RunShard.task_id == old_task_id if old_task_id is not None else RunShard.task_id.is_(None))
+            .values(task_id=f"{run_id}.r{int(now.timestamp())}.{idx}")
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
 
 class SweeperThread(threading.Thread):
     """Runs ``sweep`` every ``sweep_every`` seconds in a worker's main process.

@@ -53,6 +53,14 @@ class AtlasRequest(Request):
             try:
                 from workers import lifecycle
 
+                if len(self.args) == 2:  # a shard (run id, index): only that shard is retried
+                    from workers import shards
+
+                    status = shards.mark_lost(str(self.args[0]), int(self.args[1]), self.hostname,
+                                              self.worker_pid, f"{reason} (pid {self.worker_pid})")
+                    log.warning("run %s shard %s: worker process %s lost (%s); shard is now %s",
+                                self.args[0], self.args[1], self.worker_pid, reason, status)
+                    return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
                 status = lifecycle.mark_worker_lost(str(self.args[0]), self.hostname, self.worker_pid,
                                                     f"{reason} (pid {self.worker_pid})")
                 log.warning("run %s: worker process %s lost (%s); run is now %s",
