@@ -55,6 +55,7 @@ from webapp.components import (
 from webapp.queue_text import place_text
 from webapp.run_health import heartbeat_state
 from webapp.runs_service import NotAllowed, RunNotFound
+from webapp.shard_table import shards_table
 from webapp.views import get_view
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def record_part(run) -> Any:
         kv_table(rows, id="run-environment"),
         html.H6("Attempts", className="mt-3"),
         attempts_table(run.attempt_records or []),
+        shards_table(runs_service.shard_records(run.id)),
         html.H6("Timings", className="mt-3"),
         kv_table(timing_rows, id="run-timings") if timing_rows
         else html.P("No timings yet.", className="text-muted mb-0"),
