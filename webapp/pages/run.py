@@ -149,11 +149,15 @@ def record_part(run) -> Any:
     timings = dict(run.timings or {})
     timing_rows = [(stage, format_duration(seconds) if isinstance(seconds, int | float) else str(seconds))
                    for stage, seconds in timings.items()]
+    shard_rows = runs_service.shard_records(run.id)
+    attempts = (html.P(f"Ran as {len(shard_rows)} shards: each shard's attempts are below.",
+                       className="text-muted mb-0", id="run-attempts")
+                if shard_rows and not run.attempt_records else attempts_table(run.attempt_records or []))
     return html.Div([
         kv_table(rows, id="run-environment"),
         html.H6("Attempts", className="mt-3"),
-        attempts_table(run.attempt_records or []),
-        shards_table(runs_service.shard_records(run.id)),
+        attempts,
+        shards_table(shard_rows),
         html.H6("Timings", className="mt-3"),
         kv_table(timing_rows, id="run-timings") if timing_rows
         else html.P("No timings yet.", className="text-muted mb-0"),
