@@ -122,3 +122,20 @@ def test_static_export(stored) -> None:
     assert "latent-atlas-r1/index.html" in names and "latent-atlas-r1/attention-head.html" in names
     page = archive.read("latent-atlas-r1/saliency.html").decode()
     assert "<b>two" not in page  # the prompt's markup is escaped in the figure's labels
+
+
+def test_parameter_tree_draws_identical_blocks_once():
+    from webapp.views.anatomy.parts import group_repeats, parameter_tree
+
+    def block(name):
+        return {"name": name, "count": 10, "share": 0.2,
+                "children": [{"name": f"{name}.mlp", "count": 10, "share": 0.2, "params": {"w": [2, 5]}}]}
+
+    root = {"name": "model", "count": 50, "share": 1.0,
+            "children": [block(f"layers.{i}") for i in range(4)]
+            + [{"name": "norm", "count": 10, "share": 0.2, "params": {"w": [10]}}]}
+    groups = group_repeats(root["children"])
+    assert [(g["name"], n) for g, n in groups] == [("layers.0", 4), ("norm", 1)]
+    text = str(parameter_tree(root))
+    assert "layers.0 … layers.3" in text and "× 4 = 40" in text and "80.00%" in text
+    assert "layers.1" not in text  # drawn once, not four times

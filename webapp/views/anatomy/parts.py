@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 import numpy as np
 from dash import html
@@ -23,14 +24,57 @@ def visible(token: str) -> str:
     return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
 
 
-def parameter_tree(node: Mapping[str, Any], depth: int = 0) -> Any:
-    """A collapsible tree (``<details>``) of modules with parameter counts and shares."""
-    label = [html.Code(str(node.get("name", "?"))), " ",
-             html.Span(f"{int(node.get('count', 0)):,}", className="fw-semibold"),
-             html.Span(f"  {100 * float(node.get('share', 0)):.2f}%", className="text-muted small")]
-    leaves = [html.Li([html.Code(name), f"  {' × '.join(str(n) for n in shape)}"], className="small text-muted")
-              for name, shape in (node.get("params") or {}).items()]
-    children = [html.Li(parameter_tree(child, depth + 1)) for child in node.get("children") or []]
+def _shape_key(node: Mapping[str, Any]) -> tuple:
+    """What makes two sibling modules identical in the tree: counts, shapes and children, not the name."""
+    params = tuple((name, tuple(shape)) for name, shape in (node.get("params") or {}).items())
+    children = tuple(_shape_key(child) for child in node.get("children") or [])
+    return (int(node.get("count", 0)), params, children)
+
+
+def group_repeats(children: list[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
+    """Runs of consecutive identical siblings (e.g. a model's 30 blocks) as (first, run length)."""
+    groups: list[tuple[Mapping[str, Any], int]] = []
+    last_key: tuple | None = None
+    for child in children:
+        key = _shape_key(child)
+        if groups and key == last_key:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        else:
+            groups.append((child, 1))
+            last_key = key
+    return groups
+
+
+def _label(name: str, count: int, share: float, repeat: int = 1) -> list[Any]:
+    label: list[Any] = [html.Code(name), " ", html.Span(f"{count:,}", className="fw-semibold"),
+                        html.Span(f"  {100 * share:.2f}%", className="text-muted small")]
+    if repeat > 1:
+        label[2:2] = [html.Span(f" × {repeat} = {count * repeat:,}", className="fw-semibold")]
+        label[-1] = html.Span(f"  {100 * share * repeat:.2f}%", className="text-muted small")
+    return label
+
+
+def parameter_tree(node: Mapping[str, Any], depth: int = 0, repeat: int = 1, last_name: str | None = None) -> Any:
+    """A collapsible tree (``<details>``) of modules with parameter counts and shares.
+
+    Consecutive identical siblings (same counts, shapes and structure: a
+    model's blocks) are drawn once as ``layers.0 … layers.29 × 30``, so a deep
+    model's tree stays a few hundred elements (every element slows the page).
+    """
+    name = str(node.get("name", "?"))
+    if last_name is not None:
+        name = f"{name} … {last_name}"
+    label = _label(name, int(node.get("count", 0)), float(node.get("share", 0)), repeat)
+    leaves = [html.Li([html.Code(leaf), f"  {' × '.join(str(n) for n in shape)}"], className="small text-muted")
+              for leaf, shape in (node.get("params") or {}).items()]
+    groups = group_repeats(list(node.get("children") or []))
+    children_nodes = list(node.get("children") or [])
+    children = []
+    index = 0
+    for first, count in groups:
+        last = str(children_nodes[index + count - 1].get("name", "?")) if count > 1 else None
+        children.append(html.Li(parameter_tree(first, depth + 1, count, last)))
+        index += count
     if not leaves and not children:
         return html.Span(label)
     return html.Details([html.Summary(label), html.Ul(leaves + children, className="mb-0 ps-3 list-unstyled")],
@@ -110,14 +154,18 @@ def neighbour_table(data: AnatomyData, row: int) -> Any:
 
 
 def lens_last_table(data: AnatomyData) -> Any:
+    """The last position's lens per point, as one grid component (cells are text: AG Grid escapes them)."""
     a, s = data.arrays, data.summary
     labels = s.get("lens_labels") or []
-    final = data.vocab(int(s.get("lens_final_id", -1)))
-    head = html.Thead(html.Tr([html.Th("point"), html.Th("top token"), html.Th(f"p({visible(final)})"),
-                               html.Th("rank"), html.Th("entropy"), html.Th("KL to final")]))
-    body = [html.Tr([html.Td(str(label)), html.Td(html.Code(visible(data.vocab(int(a["lens_ids"][i, -1]))))),
-                     html.Td(f"{float(a['lens_final_prob'][i]):.4f}"), html.Td(str(int(a["lens_final_rank"][i]))),
-                     html.Td(f"{float(a['lens_entropy'][i]):.3f}"), html.Td(f"{float(a['lens_kl'][i]):.3f}")])
+    final = visible(data.vocab(int(s.get("lens_final_id", -1))))
+    rows = [{"point": str(label), "top": visible(data.vocab(int(a["lens_ids"][i, -1]))),
+             "p_final": round(float(a["lens_final_prob"][i]), 4), "rank": int(a["lens_final_rank"][i]),
+             "entropy": round(float(a["lens_entropy"][i]), 3), "kl": round(float(a["lens_kl"][i]), 3)}
             for i, label in enumerate(labels)]
-    return dbc.Table([head, html.Tbody(body)], size="sm", striped=True, className="mb-0 small",
-                     id="anatomy-lens-last-table")
+    columns = [{"field": "point", "flex": 2}, {"field": "top", "headerName": "top token", "flex": 2},
+               {"field": "p_final", "headerName": f"p({final})", "flex": 1},
+               {"field": "rank", "flex": 1}, {"field": "entropy", "flex": 1},
+               {"field": "kl", "headerName": "KL to final", "flex": 1}]
+    return dag.AgGrid(id="anatomy-lens-last-table", rowData=rows, columnDefs=columns,
+                      defaultColDef={"sortable": True, "resizable": True}, className="ag-theme-quartz atlas-grid",
+                      style={"height": "26rem"}, dashGridOptions={"rowHeight": 28, "headerHeight": 30})
