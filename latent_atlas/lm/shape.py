@@ -46,6 +46,45 @@ class ModelShape:
     vocab_size: int | None = None
 
 
+class _GgufStream:
+    """Sequential reads of a GGUF header: values, strings, and skips by seeking (arrays are never read)."""
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        self.handle = handle
+        if handle.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        self.read("<I")  # version
+        self.n_tensors, self.n_kv = self.read("<QQ")
+
+    def read(self, fmt: str) -> tuple[Any, ...]:
+        return struct.unpack(fmt, self.handle.read(struct.calcsize(fmt)))
+
+    def string(self) -> str:
+        (length,) = self.read("<Q")
+        return self.handle.read(length).decode("utf-8", "replace")
+
+    def skip_string(self) -> None:
+        (length,) = self.read("<Q")
+        self.handle.seek(length, 1)
+
+    def skip_array(self, item: int, count: int) -> None:
+        if item in _GGUF_FORMATS:
+            self.handle.seek(struct.calcsize(_GGUF_FORMATS[item]) * count, 1)
+        else:
+            for _ in range(count):
+                self.skip(item)
+
+    def skip(self, kind: int) -> None:
+        if kind == _GGUF_STRING:
+            self.skip_string()
+        elif kind == _GGUF_ARRAY:
+            self.skip_array(*self.read("<IQ"))
+        elif kind in _GGUF_FORMATS:
+            self.handle.seek(struct.calcsize(_GGUF_FORMATS[kind]), 1)
+        else:
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+
 def gguf_header_values(path: Path, suffixes: tuple[str, ...], *, token_count: bool = False) -> dict[str, int]:
     """Integer values of the ``<arch>.<suffix>`` keys of a GGUF header (those present).
 
@@ -65,51 +104,22 @@ def gguf_header_values(path: Path, suffixes: tuple[str, ...], *, token_count: bo
         return not vocab_wanted or "vocab_size" in found or TOKEN_COUNT in found
 
     with open(path, "rb") as handle:
-        def read(fmt: str) -> tuple[Any, ...]:
-            return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))
-
-        def string() -> str:
-            (length,) = read("<Q")
-            return handle.read(length).decode("utf-8", "replace")
-
-        def skip_array(item: int, count: int) -> None:
-            if item in _GGUF_FORMATS:
-                handle.seek(struct.calcsize(_GGUF_FORMATS[item]) * count, 1)
-            else:
-                for _ in range(count):
-                    skip(item)
-
-        def skip(kind: int) -> None:
-            if kind == _GGUF_STRING:
-                (length,) = read("<Q")
-                handle.seek(length, 1)
-            elif kind == _GGUF_ARRAY:
-                item, count = read("<IQ")
-                skip_array(item, count)
-            elif kind in _GGUF_FORMATS:
-                handle.seek(struct.calcsize(_GGUF_FORMATS[kind]), 1)
-            else:
-                raise ValueError(f"unknown GGUF value type {kind}")
-
-        if handle.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        read("<I")  # version
-        _tensors, n_kv = read("<QQ")
+        stream = _GgufStream(handle, path)
         arch = None
-        for _ in range(n_kv):
-            key = string()
-            (kind,) = read("<I")
+        for _ in range(stream.n_kv):
+            key = stream.string()
+            (kind,) = stream.read("<I")
             suffix = key[len(arch) + 1:] if arch is not None and key.startswith(f"{arch}.") else None
             if key == "general.architecture" and kind == _GGUF_STRING:
-                arch = string()
+                arch = stream.string()
             elif suffix in suffixes and kind in _GGUF_FORMATS and kind not in _FLOATS:
-                found[suffix] = int(read(_GGUF_FORMATS[kind])[0])
+                found[suffix] = int(stream.read(_GGUF_FORMATS[kind])[0])
             elif token_count and key == TOKEN_COUNT and kind == _GGUF_ARRAY:
-                item, count = read("<IQ")
+                item, count = stream.read("<IQ")
                 found[TOKEN_COUNT] = int(count)
-                skip_array(item, count)
+                stream.skip_array(item, count)
             else:
-                skip(kind)
+                stream.skip(kind)
             if complete():
                 break
     return found
@@ -123,44 +133,18 @@ def gguf_parameter_count(path: Path) -> int:
     becomes when dequantised. Raises ``ValueError`` for a file that is not GGUF.
     """
     with open(path, "rb") as handle:
-        def read(fmt: str) -> tuple[Any, ...]:
-            return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))
-
-        def skip_string() -> None:
-            (length,) = read("<Q")
-            handle.seek(length, 1)
-
-        def skip(kind: int) -> None:
-            if kind == _GGUF_STRING:
-                skip_string()
-            elif kind == _GGUF_ARRAY:
-                item, count = read("<IQ")
-                if item in _GGUF_FORMATS:
-                    handle.seek(struct.calcsize(_GGUF_FORMATS[item]) * count, 1)
-                else:
-                    for _ in range(count):
-                        skip(item)
-            elif kind in _GGUF_FORMATS:
-                handle.seek(struct.calcsize(_GGUF_FORMATS[kind]), 1)
-            else:
-                raise ValueError(f"unknown GGUF value type {kind}")
-
-        if handle.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        read("<I")  # version
-        n_tensors, n_kv = read("<QQ")
-        for _ in range(n_kv):
-            skip_string()
-            (kind,) = read("<I")
-            skip(kind)
+        stream = _GgufStream(handle, path)
+        for _ in range(stream.n_kv):
+            stream.skip_string()
+            stream.skip(stream.read("<I")[0])
         total = 0
-        for _ in range(n_tensors):
-            skip_string()  # name
-            (n_dims,) = read("<I")
+        for _ in range(stream.n_tensors):
+            stream.skip_string()  # name
+            (n_dims,) = stream.read("<I")
             count = 1
-            for dim in read(f"<{n_dims}Q"):
+            for dim in stream.read(f"<{n_dims}Q"):
                 count *= int(dim)
-            read("<IQ")  # type, offset
+            stream.read("<IQ")  # type, offset
             total += count
     return total
 
