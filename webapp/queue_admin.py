@@ -35,8 +35,8 @@ from webapp.queue_text import place_text, start_text
 from webapp.run_queue import fields as plan_fields
 from webapp.runs_service import NotAllowed, RunNotFound, SubmissionError
 from workers.estimates import run_size
-from workers.fair_share import Span, decayed_usage, used_today, utc_midnight
-from workers.queue_plan import GATED_QUEUE, USAGE_HALF_LIVES, current_plan
+from workers.fair_share import decayed_usage, used_today, utc_midnight
+from workers.queue_plan import GATED_QUEUE, USAGE_HALF_LIVES, current_plan, gpu_spans
 
 __all__ = ["MemberNotFound", "ShareError", "cancel_any", "dispatch_now", "member_rows", "move_run",
            "queue_rows", "require_admin", "set_member_share", "size_text"]
@@ -218,25 +218,15 @@ def member_rows(now: datetime | None = None) -> list[dict[str, Any]]:
     now = now or utcnow()
     half_life = get_settings().fair_share.half_life_s
     since = min(utc_midnight(now), now - timedelta(seconds=USAGE_HALF_LIVES * half_life))
-    from models.run import RunAttempt
-
     with session_scope() as session:
         users = session.execute(select(User.id, User.username, User.share_weight, User.daily_gpu_cap_s,
                                        User.is_active).order_by(User.username)).all()
-        attempts = session.execute(
-            select(Run.owner_id, Run.status, RunAttempt.started_at, RunAttempt.finished_at)
-            .join(RunAttempt, RunAttempt.run_id == Run.id)
-            .where(Run.queue == GATED_QUEUE,
-                   (RunAttempt.finished_at.is_(None)) | (RunAttempt.finished_at >= since))
-        ).all()
+        spans = gpu_spans(session, [u.id for u in users], now, since)  # as the dispatcher counts GPU time
         counts = session.execute(
             select(Run.owner_id, Run.status, func.count()).where(
                 Run.status.in_([RunStatus.queued.value, RunStatus.running.value])
             ).group_by(Run.owner_id, Run.status)
         ).all()
-    # As the dispatcher counts GPU time: finished attempts, and running ones up to now.
-    spans = [Span(a.owner_id, a.started_at, a.finished_at or now) for a in attempts
-             if a.finished_at is not None or a.status == RunStatus.running.value]
     today, recent = used_today(spans, now), decayed_usage(spans, now, half_life)
     waiting = {(owner, status): n for owner, status, n in counts}
     return [{

@@ -91,7 +91,8 @@ def live_slots(session: Session, now: datetime) -> dict[str, int]:
     return dict(slots)
 
 
-def _gpu_spans(session: Session, owners: Iterable[int], now: datetime, since: datetime) -> list[Span]:
+def gpu_spans(session: Session, owners: Iterable[int], now: datetime, since: datetime) -> list[Span]:
+    """GPU time of ``owners`` since ``since``: ended attempts, running ones up to now, and shards' device time."""
     owners = list(owners)
     if not owners:
         return []
@@ -173,7 +174,7 @@ def gpu_queue(session: Session, now: datetime | None = None,
     caps = {u.id: u.daily_gpu_cap_s for u in users}
     midnight = utc_midnight(now)
     horizon = now - timedelta(seconds=USAGE_HALF_LIVES * settings.fair_share.half_life_s)
-    spans = _gpu_spans(session, owners, now, min(midnight, horizon))
+    spans = gpu_spans(session, owners, now, min(midnight, horizon))
     today = used_today(spans, now)
     held_owners = {owner: reason for owner in owners
                    if (reason := hold_reason(today.get(owner, 0.0), caps.get(owner))) is not None}
