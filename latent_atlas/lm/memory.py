@@ -9,8 +9,8 @@ process's model out of a shared GPU).
   weights (``parameter count x bytes of the dtype``) plus ``HEADROOM`` for
   activations, the CUDA context and the allocator. The parameter count comes
   from the config without weights: the model is built on PyTorch's ``meta``
-  device by ``latent_atlas.analyses.anatomy.summary.meta_model`` (the one
-  meta-device builder of the package; tied weights counted once), or for a
+  device by ``meta_model`` (the one meta-device builder of the package, also
+  behind the anatomy summary; tied weights counted once), or for a
   GGUF file from its tensor table (``latent_atlas.lm.shape.gguf_parameter_count``,
   the header only: the config of a GGUF file is itself derived from that
   header, and reading it through transformers takes tens of seconds).
@@ -43,6 +43,7 @@ __all__ = [
     "ModelTooLarge",
     "available_memory",
     "check_model_fits",
+    "meta_model",
     "fit_error",
     "needed_memory_gb",
     "parameter_count",
@@ -60,6 +61,16 @@ class ModelTooLarge(ModelLoadError):
     """The model cannot fit the memory of the devices this worker has."""
 
 
+def meta_model(config: Any) -> Any:
+    """``AutoModelForCausalLM.from_config(config)`` with every parameter on the meta device, tied."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()
+    return model
+
+
 def parameter_count(source: str, *, gguf_file: str | None = None, revision: str | None = None) -> int:
     """The number of parameters of a model, from its config (meta device) or its GGUF header."""
     if gguf_file is not None:
@@ -70,8 +81,6 @@ def parameter_count(source: str, *, gguf_file: str | None = None, revision: str 
             raise FileNotFoundError(f"GGUF file {gguf_file} not found in {source}")
         return gguf_parameter_count(path)
     from transformers import AutoConfig
-
-    from latent_atlas.analyses.anatomy.summary import meta_model
 
     kwargs = {"revision": revision} if revision else {}
     model = meta_model(AutoConfig.from_pretrained(source, **kwargs))

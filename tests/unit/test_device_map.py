@@ -81,7 +81,7 @@ def test_parameter_count_from_the_config_equals_the_loaded_model(tmp_path: Path,
 def test_parameter_count_of_a_gguf_file_is_its_tensor_table(demo_model_dir: Path) -> None:
     from transformers import AutoConfig
 
-    from latent_atlas.analyses.anatomy.summary import meta_model
+    from latent_atlas.lm.memory import meta_model
     from latent_atlas.settings import DEMO_GGUF_FILE
 
     counted = parameter_count(str(demo_model_dir), gguf_file=DEMO_GGUF_FILE)

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
 
 from latent_atlas.lm.adapters import ADAPTERS, ArchitectureAdapter
+from latent_atlas.lm.memory import meta_model
 
 __all__ = ["config_fields", "diagram", "meta_model", "parameter_tree", "tree_node"]
 
@@ -77,14 +77,6 @@ def config_fields(config: PretrainedConfig) -> dict[str, Any]:
     if eps is not None:
         out["norm eps"] = float(eps)
     return out
-
-
-def meta_model(config: PretrainedConfig) -> Any:
-    """``AutoModelForCausalLM.from_config(config)`` with every parameter on the meta device, tied."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    model.tie_weights()
-    return model
 
 
 def tree_node(name: str) -> dict[str, Any]:
