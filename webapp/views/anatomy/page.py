@@ -1,7 +1,8 @@
 """The anatomy run page: layout (``render``) and callbacks.
 
 Sections: the model (summary table, parameter tree, 3D diagram: clicking a
-block opens that layer below), then tabs for token activations (click a cell:
+block opens that layer below), then tabs (each tab's figures are drawn when
+the tab is opened: every figure drawn at load delays the page) for token activations (click a cell:
 that token's top MLP neurons), attention (one head at a time, every layer x
 head as a thumbnail sheet, rollout), embeddings, saliency and the logit lens.
 
@@ -73,12 +74,11 @@ def _model_section(data: AnatomyData) -> Any:
 
 
 def _activations_tab(data: AnatomyData) -> Any:
-    a, tokens = data.arrays, data.tokens
     return dbc.Row([
         dbc.Col([
             html.P("Click a cell to list that token's top MLP neurons at that layer.", className="text-muted small"),
-            _graph("anatomy-resid", af.layer_token_heatmap(a["resid_norm"], tokens, "Residual norm after each block")),
-            _graph("anatomy-mlp", af.layer_token_heatmap(a["mlp_norm"], tokens, "MLP activity (output norm)")),
+            _graph("anatomy-resid"),
+            _graph("anatomy-mlp"),
         ], lg=9),
         dbc.Col(dbc.Card([dbc.CardHeader("Top MLP neurons"),
                           dbc.CardBody(html.P("Click a cell of a heatmap.", className="text-muted mb-0"),
@@ -158,9 +158,7 @@ def _lens_tab(data: AnatomyData) -> Any:
         html.Div(id="anatomy-lens-error"),
         _graph("anatomy-lens"),
         dbc.Row([
-            dbc.Col(_graph("anatomy-lens-last", af.lens_last_figure(
-                data.summary.get("lens_labels") or [], data.arrays["lens_final_prob"],
-                data.arrays["lens_entropy"], data.arrays["lens_kl"])), lg=6),
+            dbc.Col(_graph("anatomy-lens-last"), lg=6),
             dbc.Col(html.Div(parts.lens_last_table(data), style={"maxHeight": "28rem", "overflowY": "auto"}), lg=6),
         ]),
     ])
@@ -252,6 +250,21 @@ def _show_head(layer, head, run_id):
 
 
 @callback(
+    Output("anatomy-resid", "figure"),
+    Output("anatomy-mlp", "figure"),
+    Input("anatomy-tabs", "active_tab"),
+    State("anatomy-run", "data"),
+)
+def _show_activations(tab, run_id):
+    if tab != "activations":  # a tab's figures are drawn when it is opened (every figure slows the page's load)
+        return dash.no_update, dash.no_update
+    data = load(run_id)
+    a, tokens = data.arrays, data.tokens
+    return (af.layer_token_heatmap(a["resid_norm"], tokens, "Residual norm after each block"),
+            af.layer_token_heatmap(a["mlp_norm"], tokens, "MLP activity (output norm)"))
+
+
+@callback(
     Output("anatomy-neurons", "children"),
     Input("anatomy-resid", "clickData"),
     Input("anatomy-mlp", "clickData"),
@@ -277,9 +290,12 @@ def _show_neurons(resid_click, mlp_click, run_id):
     Output("anatomy-neighbours", "children"),
     Input("anatomy-embed-dims", "value"),
     Input("anatomy-embed-token", "value"),
+    Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
 )
-def _show_embeddings(dims, row, run_id):
+def _show_embeddings(dims, row, tab, run_id):
+    if tab != "embeddings":
+        return dash.no_update, dash.no_update
     data = load(run_id)
     emb = data.summary.get("embedding") or {}
     rows = int(emb.get("prompt_rows") or 0)
@@ -298,9 +314,12 @@ def _show_embeddings(dims, row, run_id):
     Output("anatomy-sal-text", "children"),
     Output("anatomy-sal-bars", "figure"),
     Input("anatomy-sal-method", "value"),
+    Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
 )
-def _show_saliency(method, run_id):
+def _show_saliency(method, tab, run_id):
+    if tab != "saliency":
+        return dash.no_update, dash.no_update
     data = load(run_id)
     scores = parts.saliency_scores(data, method if method in parts.SALIENCY_METHODS else "grad_input")
     if scores is None:
@@ -312,20 +331,26 @@ def _show_saliency(method, run_id):
 @callback(
     Output("anatomy-lens", "figure"),
     Output("anatomy-lens-error", "children"),
+    Output("anatomy-lens-last", "figure"),
     Input("anatomy-lens-start", "value"),
+    Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
 )
-def _show_lens(start, run_id):
+def _show_lens(start, tab, run_id):
+    if tab != "lens":
+        return dash.no_update, dash.no_update, dash.no_update
     data = load(run_id)
+    a = data.arrays
+    last = (af.lens_last_figure(data.summary.get("lens_labels") or [], a["lens_final_prob"], a["lens_entropy"],
+                                a["lens_kl"]) if ctx.triggered_id != "anatomy-lens-start" else dash.no_update)
     try:
         start = check_index("first position", start, len(data.tokens))
     except ValueError as exc:
-        return dash.no_update, _alert([str(exc)])
-    a = data.arrays
+        return dash.no_update, _alert([str(exc)]), last
     ids = a["lens_ids"][:, start:start + LENS_WINDOW]
     vocab = {str(int(i)): data.vocab(int(i)) for i in np.unique(ids) if i >= 0}
     return af.lens_figure(a["lens_ids"], a["lens_probs"], data.summary.get("lens_labels") or [], data.tokens, vocab,
-                          start, start + LENS_WINDOW), None
+                          start, start + LENS_WINDOW), None, last
 
 
 @callback(
