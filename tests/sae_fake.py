@@ -1,7 +1,7 @@
 """A small synthetic harvest result that follows the SAE contract's array names, shapes and dtypes.
 
 ``fake_harvest`` builds, from a seeded random sparse activation matrix, every
-array a ``sae`` run stores (see /tmp/sae_contract.md, owner SAE-B) computed
+array a ``sae`` run stores (the array contract in ``latent_atlas/analyses/sae/run.py``) computed
 the straightforward way, plus a summary with ``labels`` and ``vocab``. Views,
 the cloud and the bench are built and tested on it before (and besides) a real
 harvest. Pure numpy; a test helper, not a substitute for the real run.
@@ -14,6 +14,24 @@ from typing import Any
 import numpy as np
 
 EDGE_NAMES = ("cosine", "jaccard", "coact")
+
+
+def save_random_sae(directory: Any, d_sae: int = 64) -> None:
+    """A sparse random StandardSAE on the tiny GPT-2's residual after block 1, saved by sae-lens."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from tiny_models import D_MODEL
+
+    meta = SAEMetadata(hook_name="blocks.1.hook_resid_post", model_name="tiny")
+    sae = StandardSAE(StandardSAEConfig(d_in=D_MODEL, d_sae=d_sae, metadata=meta))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        sae.b_enc.fill_(-0.4)
+    sae.save_model(str(directory))
 
 
 def _top_edges(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

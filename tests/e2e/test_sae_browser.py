@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from browser_helpers import api_session, log_in
+from sae_fake import save_random_sae
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -27,23 +27,6 @@ D_SAE = 64
 TEXT = ["Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday.",
         "January, February, March, April, May and June.", "<b>one</b> two & three four five six seven.",
         "The quick brown fox jumps over the lazy dog again and again."]
-
-
-def save_random_sae(directory) -> None:
-    """A sparse random StandardSAE on the tiny GPT-2's residual after block 1, saved by sae-lens."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    from tiny_models import D_MODEL
-
-    meta = SAEMetadata(hook_name="blocks.1.hook_resid_post", model_name="tiny")
-    sae = StandardSAE(StandardSAEConfig(d_in=D_MODEL, d_sae=D_SAE, metadata=meta))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in sae.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        sae.b_enc.fill_(-0.4)
-    sae.save_model(str(directory))
 
 
 def _field(driver, name: str):
