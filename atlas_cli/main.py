@@ -15,10 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from atlas_cli.processes import check_queues as _check_queues
+from atlas_cli.processes import fraction as _fraction
+from atlas_cli.processes import wait_healthy as _wait_healthy
+from atlas_cli.processes import web_command, worker_command, worker_env
 from latent_atlas.settings import DEMO_MODEL_NAME, get_settings
 
 
@@ -196,34 +198,6 @@ def cmd_fetch_demo_corpus(_: argparse.Namespace) -> int:
 # -- processes ------------------------------------------------------------------
 
 
-def web_command(host: str, port: int, workers: int) -> list[str]:
-    return [
-        sys.executable, "-m", "gunicorn",
-        "--bind", f"{host}:{port}",
-        "--workers", str(workers),
-        "--threads", "4",
-        "--timeout", "120",
-        "--access-logfile", "-",
-        "webapp.app:wsgi()",
-    ]
-
-
-def worker_command(queues: str, concurrency: int, loglevel: str, name: str) -> list[str]:
-    command = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker",
-        "--queues", queues, "--concurrency", str(concurrency), "--pool", "prefork",
-        "--loglevel", loglevel, "--hostname", name,
-    ]
-    if queues == "interactive":
-        # A lane-only worker runs nothing longer than the lane allows, even a message without limits.
-        lane = get_settings().interactive
-        command += ["--soft-time-limit", str(lane.soft_time_limit), "--time-limit", str(lane.hard_time_limit)]
-    if get_settings().broker_url.startswith("sqla+"):
-        # The SQL transport has no broadcast: no gossip, mingle or remote control.
-        command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    return command
-
-
 def cmd_web(args: argparse.Namespace) -> int:
     settings = get_settings()
     ensure_admin_announced()
@@ -233,56 +207,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_queues(queues: str) -> str:
-    """``--queues``: comma-separated names from ``workers.celery_app.QUEUES``; SystemExit names them."""
-    known = ("gpu", "cpu", "interactive")  # workers.celery_app.QUEUES (not imported: no Celery here)
-    names = [q.strip() for q in queues.split(",") if q.strip()]
-    unknown = [q for q in names if q not in known]
-    if not names or unknown:
-        raise SystemExit(f"error: --queues {queues!r}: unknown queue(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(known)}")
-    return ",".join(names)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a fraction of the GPU's memory is in (0, 1], got {value:g}")
-    return value
-
-
-def worker_env(gpu_memory_fraction: float | None) -> dict[str, str]:
-    """The environment of a worker process: ``ATLAS_GPU_MEMORY_FRACTION`` set when a fraction is given."""
-    env = dict(os.environ)
-    if gpu_memory_fraction is not None:
-        env["ATLAS_GPU_MEMORY_FRACTION"] = f"{gpu_memory_fraction:g}"
-    return env
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     queues = _check_queues(args.queues)
     name = args.name or f"{queues.replace(',', '-')}@%h"
     os.execve(sys.executable, worker_command(queues, args.concurrency, args.loglevel, name),
               worker_env(args.gpu_memory_fraction))
     return 0
-
-
-def _wait_healthy(url: str, timeout: float, processes: list[subprocess.Popen]) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in processes):
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def cmd_up(args: argparse.Namespace) -> int:
