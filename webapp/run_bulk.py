@@ -12,7 +12,7 @@ Invariants:
   adding a tag it has, deleting a deleted run) is left alone and recorded
   nowhere; it is reported as ``unchanged``.
 * Bounds: 1..``MAX_BULK_RUNS`` distinct run IDs; a tag is required for the tag
-  actions only and is cleaned like any tag (``runs_service._clean_tags``).
+  actions only and is cleaned like any tag (``run_params.clean_tags``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from sqlalchemy import select
 
 from models import Run, User, session_scope
 from webapp import run_management
-from webapp.runs_service import NotAllowed, RunNotFound, SubmissionError, _clean_tags
+from webapp.run_params import clean_tags
+from webapp.runs_service import NotAllowed, RunNotFound, SubmissionError
 
 __all__ = ["BULK_ACTIONS", "MAX_BULK_RUNS", "BulkAction", "BulkResult", "bulk_apply", "describe"]
 
@@ -73,7 +74,7 @@ def _clean_tag(action: str, tag: Any) -> str | None:
         return None
     if not isinstance(tag, str) or not tag.strip():
         raise SubmissionError(["tag: give the tag to add or remove"])
-    return _clean_tags([tag])[0]
+    return clean_tags([tag])[0]
 
 
 def _check(user: User, ids: list[str]) -> dict[str, Run]:
@@ -99,7 +100,7 @@ def _check_room(runs, tag: str | None) -> None:
         tags = list(run.tags or [])
         if tag not in tags and run.deleted_at is None:
             try:
-                _clean_tags([*tags, tag])
+                clean_tags([*tags, tag])
             except SubmissionError as exc:
                 raise SubmissionError([f"run {run.id}: {m}; nothing was changed" for m in exc.messages]) from None
 

@@ -29,12 +29,11 @@ from models import Artifact, Run, User, session_scope
 from models.base import utcnow
 from models.run import RunEvent, RunStar
 from models.store import ArtifactStore
+from webapp.run_params import clean_tags, clean_title
 from webapp.runs_service import (
     NotAllowed,
     RunNotFound,
     SubmissionError,
-    _clean_tags,
-    _clean_title,
     cancel_run,
     get_run,
 )
@@ -69,9 +68,9 @@ def update_run(user: User, run_id: str, *, title: str | None = None, tags: Any =
     _changeable(user, run, "change")
     wanted: dict[str, Any] = {}
     if title is not None:
-        wanted["title"] = _clean_title(title)
+        wanted["title"] = clean_title(title)
     if tags is not None:
-        wanted["tags"] = _clean_tags(tags)
+        wanted["tags"] = clean_tags(tags)
     if note is not None:
         wanted["note"] = _clean_note(note)
     actions = {"title": "rename", "tags": "tags", "note": "note"}
