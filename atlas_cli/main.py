@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from atlas_cli.processes import check_queues as _check_queues
+from atlas_cli.processes import concurrency as _concurrency
 from atlas_cli.processes import fraction as _fraction
+from atlas_cli.processes import torch_threads, web_command, worker_command, worker_env
 from atlas_cli.processes import wait_healthy as _wait_healthy
-from atlas_cli.processes import web_command, worker_command, worker_env
 from latent_atlas.settings import DEMO_MODEL_NAME, get_settings
 
 
@@ -211,7 +212,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queues = _check_queues(args.queues)
     name = args.name or f"{queues.replace(',', '-')}@%h"
     os.execve(sys.executable, worker_command(queues, args.concurrency, args.loglevel, name),
-              worker_env(args.gpu_memory_fraction))
+              worker_env(args.gpu_memory_fraction, torch_threads(args.concurrency)))
     return 0
 
 
@@ -220,7 +221,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     Process layout: one worker on ``gpu,cpu`` (long jobs; GPU memory fraction
     0.95 minus the lane's) and one on ``interactive`` (its own model cache;
-    ``settings.interactive.gpu_memory_fraction``), both concurrency 1.
+    ``settings.interactive.gpu_memory_fraction``), both concurrency 1, each with torch
+    capped at half the usable cores (``ATLAS_TORCH_THREADS`` overrides).
     """
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -256,11 +258,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop()
         return 1
     lane_fraction = settings.interactive.gpu_memory_fraction
+    threads = torch_threads(2)  # two worker processes (concurrency 1 each) share the cores
     processes += [
         subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h"),
-                         env=worker_env(round(0.95 - lane_fraction, 4))),
+                         env=worker_env(round(0.95 - lane_fraction, 4), threads)),
         subprocess.Popen(worker_command("interactive", 1, args.loglevel, "interactive@%h"),
-                         env=worker_env(lane_fraction)),
+                         env=worker_env(lane_fraction, threads)),
     ]
     _log(f"\n  Latent Atlas is running: {url}\n  Log in with the admin account "
          f"(password in {settings.data_dir / 'admin-password.txt'}). Ctrl-C stops it.\n")
@@ -393,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", default="gpu,cpu,interactive",
                         help="comma-separated: gpu, cpu, interactive (default: all three; `up` and "
                              "docker-compose give the interactive lane a worker of its own)")
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--concurrency", type=_concurrency, default=1,
+                        help="pool processes (1..64); torch gets the usable cores divided by this "
+                             "in each (ATLAS_TORCH_THREADS overrides)")
     worker.add_argument("--gpu-memory-fraction", type=_fraction, default=None,
                         help="cap this worker's share of the GPU's memory (0..1; sets "
                              "ATLAS_GPU_MEMORY_FRACTION; ignored on CPU)")

@@ -1,5 +1,6 @@
 """The processes ``latent-atlas`` starts: command lines for the web app and Celery workers, their
-environment, the checks of ``--queues`` and ``--gpu-memory-fraction``, and the wait for ``/healthz``.
+environment (GPU memory share, torch threads), the checks of ``--queues``, ``--concurrency`` and
+``--gpu-memory-fraction``, and the waits for ``/healthz`` and for a worker's registration.
 
 Pure builders (no process is started here); ``atlas_cli.main`` runs them.
 """
@@ -66,9 +67,54 @@ def fraction(text: str) -> float:
     return value
 
 
-def worker_env(gpu_memory_fraction: float | None) -> dict[str, str]:
-    """The environment of a worker process: ``ATLAS_GPU_MEMORY_FRACTION`` set when a fraction is given."""
+MAX_CONCURRENCY = 64
+
+
+def concurrency(text: str) -> int:
+    """``--concurrency``: a whole number of pool processes in 1..64."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"a worker runs 1 to {MAX_CONCURRENCY} pool processes, got {value}")
+    return value
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def default_torch_threads(cores: int, worker_processes: int) -> int:
+    """Torch threads per worker process when ``worker_processes`` share ``cores``: ``cores // processes``, >= 1.
+
+    Invariant: threads x processes <= cores whenever there are at least as
+    many cores as processes (no oversubscription), and never 0 threads.
+    """
+    if cores < 1 or worker_processes < 1:
+        raise ValueError(f"cores ({cores}) and worker processes ({worker_processes}) must be at least 1")
+    return max(1, cores // worker_processes)
+
+
+def torch_threads(worker_processes: int) -> int:
+    """``settings.torch_threads`` (``ATLAS_TORCH_THREADS``) when set, else ``default_torch_threads``."""
+    configured = get_settings().torch_threads
+    if configured is not None:
+        return configured
+    return default_torch_threads(usable_cores(), worker_processes)
+
+
+def worker_env(gpu_memory_fraction: float | None, threads: int) -> dict[str, str]:
+    """The environment of a worker process: ``ATLAS_TORCH_THREADS`` (1..1024) and, when a fraction is
+    given, ``ATLAS_GPU_MEMORY_FRACTION``."""
+    if not 1 <= threads <= 1024:
+        raise ValueError(f"torch threads must be in 1..1024, got {threads}")
     env = dict(os.environ)
+    env["ATLAS_TORCH_THREADS"] = str(threads)
     if gpu_memory_fraction is not None:
         env["ATLAS_GPU_MEMORY_FRACTION"] = f"{gpu_memory_fraction:g}"
     return env

@@ -215,6 +215,10 @@ class Settings(BaseSettings):
     # This process's cap on one CUDA device's memory (torch.cuda.set_per_process_memory_fraction),
     # applied by a worker before it loads a model; None: no cap. Ignored off CUDA.
     gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    # Torch's CPU threads in each worker process (torch.set_num_threads at the process's start).
+    # None: what `latent-atlas up` / `latent-atlas worker` choose, the usable cores divided by the
+    # worker processes they start (at least 1), so the workers do not oversubscribe the cores.
+    torch_threads: int | None = Field(None, ge=1, le=1024)
 
     # Worker reliability (seconds). Invariant: broker visibility timeout >
     # hard time limit > soft time limit, and stale_after > 3 * heartbeat_every.

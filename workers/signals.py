@@ -5,6 +5,10 @@
 * ``worker_process_init`` (in each forked child): compile UMAP's numba code in
   a background thread at the lowest CPU priority (``settings.umap_warmup``),
   so the compile is paid once per worker process, not by a run.
+* ``worker_process_init`` (in each forked child): cap torch's CPU threads at
+  ``settings.torch_threads`` (``ATLAS_TORCH_THREADS``, which ``latent-atlas``
+  sets to the usable cores over the worker processes it starts), so the
+  workers of one machine do not oversubscribe its cores; unset: torch's own.
 * ``worker_ready`` (in the main process): enter this worker in the registry of
   live workers (its node name, queues and concurrency: the gpu queue's slots),
   dispatch what the new slots allow (a run submitted while no worker lived
@@ -39,6 +43,21 @@ def _reset_engines(**_: object) -> None:
     engine.dispose(close=False)
     get_sessionmaker.cache_clear()
     get_engine.cache_clear()
+
+
+@worker_process_init.connect
+def _cap_torch_threads(**_: object) -> None:
+    threads = get_settings().torch_threads
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only settable before the process's first inter-op parallel work
+        log.debug("torch inter-op threads already fixed at %d", torch.get_num_interop_threads())
+    log.info("torch uses %d CPU threads in this worker process", threads)
 
 
 def _warm_up_umap() -> None:

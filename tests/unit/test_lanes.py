@@ -170,7 +170,7 @@ def test_a_lane_only_worker_is_started_with_the_lanes_limits_and_queue_names_are
     for bad in ("0", "1.2", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             _fraction(bad)
-    assert worker_env(0.75)["ATLAS_GPU_MEMORY_FRACTION"] == "0.75"
+    assert worker_env(0.75, 1)["ATLAS_GPU_MEMORY_FRACTION"] == "0.75"
 
 
 def test_the_gpu_memory_share_is_applied_once_per_device_and_never_on_cpu(monkeypatch: pytest.MonkeyPatch):
