@@ -432,7 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
                             help="fetch the demo corpus (Debian fortunes + Python docs, for sae_train)")
     corpus.set_defaults(func=cmd_fetch_demo_corpus)
 
-    sweep = sub.add_parser("sweep", help="re-dispatch undelivered runs, reap stale ones (once)")
+    sweep = sub.add_parser(
+        "sweep", help="one round of the workers' sweeper: end or re-send runs that lost their worker, "
+                      "re-send undelivered runs and shards, dispatch gpu runs to free slots",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One round of what each worker's sweeper thread does every ATLAS_SWEEP_EVERY\n"
+                    "seconds (workers.sweeper.sweep):\n\n"
+                    "  * a running run whose heartbeat is older than ATLAS_STALE_AFTER (or was cleared when\n"
+                    "    Celery reported its worker process dead) becomes cancelled if its cancel was asked,\n"
+                    "    failed after ATLAS_MAX_ATTEMPTS attempts, else it is re-sent (attempt + 1);\n"
+                    "  * a queued run never sent (broker down), or sent more than ATLAS_REDISPATCH_AFTER\n"
+                    "    seconds ago, is sent again; a gpu run never sent is left to the dispatcher;\n"
+                    "  * a sharded run is swept shard by shard: stale or undelivered shards are re-sent,\n"
+                    "    a cancelled run whose shards went quiet is cancelled, an unmerged one is nudged;\n"
+                    "  * the dispatcher sends queued gpu runs to the free worker slots, in fair-share order.\n\n"
+                    "Prints what it did as JSON (redispatched, failed, cancelled, dispatched run ids).\n"
+                    "Safe while workers run (every change is conditional); it does not touch the\n"
+                    "worker registry.")
     sweep.set_defaults(func=cmd_sweep)
 
     render = sub.add_parser("render", help="write a geometry or sae run's views as self-contained HTML (+ PNG)")
