@@ -20,9 +20,13 @@ from pathlib import Path
 from atlas_cli.processes import check_queues as _check_queues
 from atlas_cli.processes import concurrency as _concurrency
 from atlas_cli.processes import fraction as _fraction
+from atlas_cli.processes import start_workers_one_by_one as _start_workers_one_by_one
 from atlas_cli.processes import torch_threads, web_command, worker_command, worker_env
 from atlas_cli.processes import wait_healthy as _wait_healthy
 from latent_atlas.settings import DEMO_MODEL_NAME, get_settings
+
+# How long `up` waits for its first worker to register before it starts the second anyway.
+WORKER_START_TIMEOUT_S = 300.0
 
 
 def _log(message: str) -> None:
@@ -222,7 +226,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     Process layout: one worker on ``gpu,cpu`` (long jobs; GPU memory fraction
     0.95 minus the lane's) and one on ``interactive`` (its own model cache;
     ``settings.interactive.gpu_memory_fraction``), both concurrency 1, each with torch
-    capped at half the usable cores (``ATLAS_TORCH_THREADS`` overrides).
+    capped at half the usable cores (``ATLAS_TORCH_THREADS`` overrides). The workers start
+    once the web answers, the second once the first has registered (never both at once).
     """
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -259,12 +264,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     lane_fraction = settings.interactive.gpu_memory_fraction
     threads = torch_threads(2)  # two worker processes (concurrency 1 each) share the cores
-    processes += [
-        subprocess.Popen(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h"),
-                         env=worker_env(round(0.95 - lane_fraction, 4), threads)),
-        subprocess.Popen(worker_command("interactive", 1, args.loglevel, "interactive@%h"),
-                         env=worker_env(lane_fraction, threads)),
-    ]
+    workers = [(worker_command("gpu,cpu", 1, args.loglevel, "atlas@%h"),
+                worker_env(round(0.95 - lane_fraction, 4), threads)),
+               (worker_command("interactive", 1, args.loglevel, "interactive@%h"),
+                worker_env(lane_fraction, threads))]
+    try:
+        started = _start_workers_one_by_one(workers, processes, WORKER_START_TIMEOUT_S, _log)
+    except KeyboardInterrupt:
+        stop()
+        return 0
+    if not started:
+        _log("error: a worker exited at start; see the log above")
+        stop()
+        return 1
     _log(f"\n  Latent Atlas is running: {url}\n  Log in with the admin account "
          f"(password in {settings.data_dir / 'admin-password.txt'}). Ctrl-C stops it.\n")
     try:

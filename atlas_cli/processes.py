@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from latent_atlas.settings import get_settings
 
@@ -133,3 +134,54 @@ def wait_healthy(url: str, timeout: float, processes: list[subprocess.Popen]) ->
             pass
         time.sleep(0.3)
     return False
+
+
+def wait_worker_registered(process: subprocess.Popen, timeout: float, poll_s: float = 0.5) -> bool:
+    """Wait until the Celery worker ``process`` has entered itself in the registry of live workers.
+
+    True once a ``worker_slots`` row carries this process's pid with a heartbeat
+    written after the wait began (its ``worker_ready`` handler wrote it: the
+    worker has declared its queues and consumes); False when the process exits
+    first or ``timeout`` seconds pass. A worker started after this returns does
+    not declare queues at the same instant as this one: the SQL broker's
+    declarations on its own table can fail when two race.
+    """
+    from sqlalchemy import select
+
+    from models import WorkerSlot, session_scope
+    from models.base import utcnow
+
+    since = utcnow().replace(microsecond=0)  # a heartbeat stored without sub-seconds still counts
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            return False
+        with session_scope() as session:
+            found = session.scalar(select(WorkerSlot.name).where(
+                WorkerSlot.pid == process.pid, WorkerSlot.heartbeat_at >= since))
+        if found is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def start_workers_one_by_one(workers: list[tuple[list[str], dict[str, str]]], processes: list[subprocess.Popen],
+                             timeout: float, log: Callable[[str], None]) -> bool:
+    """Start each ``(command, env)`` worker once the one before it has registered (``wait_worker_registered``).
+
+    Each started process is appended to ``processes`` (the caller stops them).
+    False when a worker exits before it registers; a worker that does not
+    register within ``timeout`` seconds is logged and the next one starts anyway.
+    Invariant: no two workers are started in the same instant.
+    """
+    for index, (command, env) in enumerate(workers):
+        process = subprocess.Popen(command, env=env)
+        processes.append(process)
+        if index == len(workers) - 1:
+            break
+        if not wait_worker_registered(process, timeout):
+            if process.poll() is not None:
+                return False
+            log(f"warning: worker {index + 1} did not register within {timeout:.0f} s; starting the next anyway")
+    return True
