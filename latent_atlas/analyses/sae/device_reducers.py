@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from latent_atlas.analyses.sae.cofire import MAX_COFIRE_LATENTS, CoFiring
+from latent_atlas.analyses.sae.device_intervals import DeviceIntervals
 from latent_atlas.analyses.sae.reducers import Histogram, LatentStats, TopK, hist_edges
 
 __all__ = ["DeviceCoFiring", "DeviceHistogram", "DeviceReducerSet", "DeviceStats", "DeviceTopK", "decode_keys",
@@ -205,32 +206,43 @@ class DeviceCoFiring:
 
 
 class DeviceReducerSet:
-    """Top-k, histogram and stats (and co-firing when ``cofire``) of one harvest, on ``device``.
+    """Top-k, histogram and stats (co-firing when ``cofire``, interval samples when ``intervals``) on ``device``.
 
     ``update(feats, token)`` takes a batch's dense activations and global token indices;
-    ``install(reducers)`` replaces the matching numpy reducers of a ``HarvestReducers``
-    by this state (``to_numpy``), after which it is an ordinary host-side reducer set.
+    ``update_nonzero`` the same plus its non-zeros when the caller has them already
+    (``torch.nonzero`` runs once per batch). ``intervals`` = ``(bins, per_bin, seed)``
+    adds ``DeviceIntervals`` (``device_intervals.py``). ``HarvestReducers.finish_device``
+    replaces the matching numpy reducers by this state (``to_numpy``).
     """
 
     def __init__(self, d_sae: int, *, top_k: int, hist_bins: int, cofire: bool,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", intervals: tuple[int, int, int] | None = None) -> None:
         self.d_sae = d_sae
         self.topk = DeviceTopK(d_sae, top_k, device)
         self.hist = DeviceHistogram(d_sae, hist_bins, device)
         self.stats = DeviceStats(d_sae, device)
         self.cofire = DeviceCoFiring(d_sae, device) if cofire else None
+        self.intervals = DeviceIntervals(d_sae, *intervals, device=device) if intervals is not None else None
 
     def update(self, feats: Tensor, token: Tensor) -> None:
         _check(feats, token, self.d_sae)
+        where = torch.nonzero(feats)
+        self.update_nonzero(feats, token, where[:, 1], token[where[:, 0]], feats[where[:, 0], where[:, 1]])
+
+    def update_nonzero(self, feats: Tensor, token: Tensor, nz_latent: Tensor, nz_token: Tensor,
+                       nz_value: Tensor) -> None:
+        """``update`` given the batch's non-zeros (latent, global token, value), e.g. from ``torch.nonzero``."""
+        _check(feats, token, self.d_sae)
         if token.numel() and int(token.max()) > _LOW:
             raise ValueError("token indices must be below 2**32")
-        where = torch.nonzero(feats)
-        self.update_sparse(where[:, 1], token[where[:, 0]], feats[where[:, 0], where[:, 1]], feats.shape[0])
+        self.update_sparse(nz_latent, nz_token, nz_value, feats.shape[0])
         if self.cofire is not None:
             self.cofire.update(feats)
 
     def update_sparse(self, latent: Tensor, token: Tensor, value: Tensor, encoded: int) -> None:
-        """Top-k, histogram and stats from non-zeros (co-firing needs ``update``'s dense batch)."""
+        """Every reducer but co-firing (which needs ``update``'s dense batch) from non-zeros."""
         self.stats.update_sparse(latent, value, encoded)
         self.hist.update_sparse(latent, value)
         self.topk.update_sparse(latent, token, value)
+        if self.intervals is not None:
+            self.intervals.update_sparse(latent, token, value)

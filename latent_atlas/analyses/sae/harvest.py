@@ -10,15 +10,16 @@
   ``outlier_factor`` x the batch's median, as ``sae_train`` leaves them out; counted
   in ``HarvestTokens.outliers_dropped``, stored but never encoded). When
   ``reducers`` has a device set (``HarvestReducers(device=...)``), top-k, histogram,
-  stats (and co-firing off the CPU) reduce the dense activations in torch where they
-  are; then the non-zero entries come to the CPU as a ``SparseBatch`` for the
-  host-side reducers (intervals; co-firing on a CPU) and the CSC writer. The host
-  work of batch i runs in a worker thread while the device computes batch i + 1
-  (numpy and torch release the GIL).
+  stats (and co-firing and interval samples off the CPU) reduce the batch in torch
+  where it is, from one ``torch.nonzero``; the non-zeros are packed there into the
+  CSC's 12-byte records and come to the CPU in one transfer, for the CSC writer and
+  the host-side reducers if any (all of them without a device set; co-firing and
+  intervals with one on a CPU). The host work of batch i runs in a worker thread
+  while the device computes batch i + 1 (numpy, numba and torch release the GIL).
 * ``CscWriter``: the per-token sparse activations, latent-major. Batches are appended
   token-major to an anonymous temporary file (12 bytes per non-zero); ``finish``
-  counting-sorts them into ``lat_token`` / ``lat_value`` arrays mapped on anonymous
-  temporary files, chunk by chunk. Memory stays bounded (a chunk plus ``d_sae``
+  counting-sorts them (a compiled scatter, one pass) into ``lat_token`` / ``lat_value``
+  arrays mapped on anonymous temporary files, chunk by chunk. Memory stays bounded (a chunk plus ``d_sae``
   counters); disk is ``tokens x L0 x 20`` bytes; the files vanish when the arrays do.
 
 Global token index = position in the harvested token arrays (``token_id``,
@@ -34,6 +35,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -57,7 +59,14 @@ def scratch_array(n: int, dtype: Any, directory: str | None = None) -> np.ndarra
 
 
 class CscWriter:
-    """Streams token-major non-zeros to disk; ``finish`` returns the latent-major CSC arrays."""
+    """Streams token-major non-zeros to disk; ``finish`` returns the latent-major CSC arrays.
+
+    Two ways in: ``add(batch)`` takes a ``SparseBatch`` in any order (checked, sorted
+    if needed); ``add_packed(records)`` takes ``pack``'s (nnz, 3) int32 records, built
+    where the non-zeros are (on the GPU: one 12-byte-per-entry transfer), which must be
+    in ascending (token, latent) order, as ``torch.nonzero`` of a dense batch returns
+    them; only the order across batches is checked there. Token indices are below 2**31.
+    """
 
     def __init__(self, d_sae: int, directory: str | None = None) -> None:
         self.d_sae, self.directory = d_sae, directory
@@ -66,22 +75,43 @@ class CscWriter:
         self.nnz = 0
         self.last_token = -1
 
+    @staticmethod
+    def pack(token: torch.Tensor, latent: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """(nnz, 3) int32 records (token, latent, float32 bits of value) on the tensors' device."""
+        return torch.stack([token.to(torch.int32), latent.to(torch.int32),
+                            value.to(torch.float32).view(torch.int32)], dim=1)
+
     def add(self, batch: SparseBatch) -> None:
         if batch.token.size == 0:
             return
         key = batch.token * self.d_sae + batch.latent
         order = np.arange(key.size) if bool((key[1:] > key[:-1]).all()) else np.argsort(key, kind="stable")
-        if batch.token[order[0]] <= self.last_token:
-            raise ValueError("CscWriter: batches must come in token order")
         records = np.empty(order.size, _RECORD)
         records["t"], records["l"], records["v"] = batch.token[order], batch.latent[order], batch.value[order]
-        self.file.write(records.tobytes())
-        self.count += np.bincount(batch.latent, minlength=self.d_sae)
-        self.nnz += order.size
-        self.last_token = int(batch.token[order[-1]])
+        self._append(records)
+
+    def add_packed(self, records: torch.Tensor | np.ndarray) -> None:
+        """``pack``'s records (on any device), in ascending (token, latent) order (not checked)."""
+        if isinstance(records, torch.Tensor):
+            records = records.cpu().numpy()
+        if records.shape[0] == 0:
+            return
+        self._append(np.ascontiguousarray(records, np.int32).view(_RECORD).reshape(-1))
+
+    def _append(self, records: np.ndarray) -> None:
+        if int(records["t"][0]) <= self.last_token:
+            raise ValueError("CscWriter: batches must come in token order")
+        self.file.write(records.data)
+        self.count += np.bincount(records["l"], minlength=self.d_sae)
+        self.nnz += records.size
+        self.last_token = int(records["t"][-1])
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``lat_ptr`` (d+1,) int64, ``lat_token`` (nnz,) int32 ascending per latent, ``lat_value`` float32."""
+        """``lat_ptr`` (d+1,) int64, ``lat_token`` (nnz,) int32 ascending per latent, ``lat_value`` float32.
+
+        A counting sort: each record goes to its latent's cursor, in file (token) order,
+        so tokens are ascending within a latent (compiled loop, ``_scatter_kernel``).
+        """
         ptr = np.zeros(self.d_sae + 1, np.int64)
         np.cumsum(self.count, out=ptr[1:])
         tokens = scratch_array(self.nnz, np.int32, self.directory)
@@ -90,19 +120,31 @@ class CscWriter:
             self.file.flush()
             source = np.memmap(self.file, dtype=_RECORD, mode="r", shape=(self.nnz,))
             cursor = ptr[:-1].copy()
+            scatter = _scatter_kernel()
             for start in range(0, self.nnz, _CHUNK):
-                chunk = np.asarray(source[start:start + _CHUNK])
-                order = np.argsort(chunk["l"], kind="stable")  # tokens stay ascending within a latent
-                lat = chunk["l"][order].astype(np.int64)
-                starts = np.flatnonzero(np.r_[True, lat[1:] != lat[:-1]])
-                rank = np.arange(lat.size) - np.repeat(starts, np.diff(np.r_[starts, lat.size]))
-                where = cursor[lat] + rank
-                tokens[where] = chunk["t"][order]
-                values[where] = chunk["v"][order]
-                cursor += np.bincount(lat, minlength=self.d_sae)
+                chunk = np.asarray(source[start:start + _CHUNK]).view(np.int32).reshape(-1, 3)
+                scatter(chunk, cursor, tokens.view(np.ndarray), values.view(np.ndarray).view(np.int32))
             del source
         self.file.close()
         return ptr, tokens, values
+
+
+@cache
+def _scatter_kernel() -> Any:
+    """The compiled counting-sort scatter (numba imported on first use; releases the GIL)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def scatter(records, cursor, tokens, value_bits):  # pragma: no cover - compiled
+        """records (n, 3) int32 (token, latent, value bits): each to ``cursor[latent]``, then advance it."""
+        for i in range(records.shape[0]):
+            lat = records[i, 1]
+            at = cursor[lat]
+            tokens[at] = records[i, 0]
+            value_bits[at] = records[i, 2]
+            cursor[lat] = at + 1
+
+    return scatter
 
 
 @dataclass(frozen=True)
@@ -145,12 +187,14 @@ def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: 
             batch_tokens: int, skip_positions: int, progress: Callable[[float, str], None],
             csc: CscWriter | None = None, forward: Callable[..., torch.Tensor] | None = None,
             progress_span: tuple[float, float] = (0.0, 1.0),
-            outlier_factor: float = OUTLIER_FACTOR) -> HarvestTokens:
+            outlier_factor: float = OUTLIER_FACTOR, token_offset: int = 0) -> HarvestTokens:
     """Run every sequence; feed ``reducers`` and ``csc``; returns the token arrays (see the module docstring).
 
     ``forward(lm, input_ids, attention_mask, hook)`` defaults to ``activations.activations_at``.
     ``outlier_factor`` (0: off) leaves out of the encoding the rows whose norm exceeds that
     multiple of the median norm of their batch, as ``sae_train`` does (``activations.drop_outliers``).
+    ``token_offset``: the global index of the first token (a shard's place in its run): the
+    reducers and ``csc`` see ``token_offset + `` the position in ``sequences``.
     """
     if forward is None:
         from latent_atlas.analyses.sae.activations import activations_at as forward
@@ -158,6 +202,9 @@ def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: 
     offsets = np.zeros(lengths.size + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
+    if token_offset < 0 or token_offset + total >= 1 << 31:
+        raise ValueError(f"global token indices are int32: offset {token_offset:,} + {total:,} tokens "
+                         f"must stay below 2**31")
     token_id = np.concatenate([np.asarray(s, np.int32) for s in sequences])
     token_doc = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
     token_pos = (np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.int32)
@@ -195,19 +242,20 @@ def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: 
                 feats = sae.encode(rows)
             # global token index of each encoded row, in (sequence, position) order
             seq_rows, positions = np.nonzero(keep.numpy())
-            global_row = offsets[first + seq_rows] + positions
+            global_row = torch.from_numpy(offsets[first + seq_rows] + positions + token_offset).to(feats.device)
             with torch.no_grad():
+                where = torch.nonzero(feats)  # (row, latent) ascending: token-major, as the CSC wants
+                nonzero = (where[:, 1], global_row[where[:, 0]], feats[where[:, 0], where[:, 1]])
                 if reducers.on_device is not None:
-                    reducers.update_dense(feats, torch.from_numpy(global_row).to(feats.device))
-                where = torch.nonzero(feats)
-                values = feats[where[:, 0], where[:, 1]].float().cpu().numpy()
-                where = where.cpu().numpy()
-            batch = SparseBatch(global_row[where[:, 0]], where[:, 1].astype(np.int64), values,
-                                token_start=int(offsets[first]), n_tokens=int(offsets[last] - offsets[first]),
-                                encoded=int(global_row.size))
+                    reducers.update_dense(feats, global_row, nonzero)
+                host = reducers.needs_host_batch or csc is not None
+                # the one transfer: 12 bytes per non-zero, packed where they are
+                records = CscWriter.pack(nonzero[1], nonzero[0], nonzero[2]).cpu().numpy() if host else None
             if pending is not None:
                 pending.result()
-            pending = pool.submit(_consume, reducers, csc, batch)
+            if records is not None:
+                pending = pool.submit(_consume, reducers, csc, records, token_offset + int(offsets[first]),
+                                      int(offsets[last] - offsets[first]), int(global_row.numel()))
             progress(lo + (hi - lo) * (number + 1) / len(spans),
                      f"harvesting: {int(offsets[last]):,} of {total:,} tokens")
         if pending is not None:
@@ -215,10 +263,15 @@ def harvest(lm: Any, sae: Any, hook: Any, sequences: list[list[int]], reducers: 
     return HarvestTokens(token_id, token_doc, token_pos, outliers)
 
 
-def _consume(reducers: HarvestReducers, csc: CscWriter | None, batch: SparseBatch) -> None:
-    reducers.update(batch)
+def _consume(reducers: HarvestReducers, csc: CscWriter | None, records: np.ndarray, token_start: int,
+             n_tokens: int, encoded: int) -> None:
+    """The host-side work of one batch (in the worker thread): host reducers, if any, and the CSC."""
+    if reducers.needs_host_batch:
+        reducers.update(SparseBatch(records[:, 0].astype(np.int64), records[:, 1].astype(np.int64),
+                                    records[:, 2].view(np.float32), token_start=token_start,
+                                    n_tokens=n_tokens, encoded=encoded))
     if csc is not None:
-        csc.add(batch)
+        csc.add_packed(records)
 
 
 def windows_needed(n_tokens: int, context_len: int) -> int:

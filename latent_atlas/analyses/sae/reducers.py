@@ -199,14 +199,17 @@ class HarvestReducers:
     ``cofire`` is False for SAEs wider than ``cofire.MAX_COFIRE_LATENTS`` (no edges then).
 
     With ``device`` (a torch device), top-k, histogram and stats run in torch on that
-    device (``device_reducers.DeviceReducerSet``, fed by ``update_dense``), and so does
-    co-firing unless the device is the CPU (there the numba pair kernel is faster);
-    ``update`` then feeds only the host-side rest (intervals, CPU co-firing). ``merge``
-    and ``result`` first bring the device state home (``finish_device``).
+    device (``device_reducers.DeviceReducerSet``, fed by ``update_dense``), and so do
+    co-firing and the interval samples unless the device is the CPU (there the numba
+    pair kernel and the numpy ``Intervals`` are faster; ``mps`` keeps intervals on the
+    host too: no float64; ``device_intervals`` overrides the choice, e.g. for tests);
+    ``update`` then feeds only the host-side rest, if any (``needs_host_batch``).
+    ``merge`` and ``result`` first bring the device state home (``finish_device``).
     """
 
     def __init__(self, d_sae: int, *, top_k: int, interval_bins: int, interval_per_bin: int,
-                 hist_bins: int, seed: int = 0, cofire: bool = True, device: object = None) -> None:
+                 hist_bins: int, seed: int = 0, cofire: bool = True, device: object = None,
+                 device_intervals: bool | None = None) -> None:
         from latent_atlas.analyses.sae.cofire import CoFiring
         from latent_atlas.analyses.sae.intervals import Intervals
 
@@ -220,29 +223,48 @@ class HarvestReducers:
         if device is not None:
             import torch
 
+            from latent_atlas.analyses.sae.device_intervals import supports_device_intervals
             from latent_atlas.analyses.sae.device_reducers import DeviceReducerSet
 
             device = torch.device(device)  # type: ignore[call-overload]
+            on_intervals = device.type != "cpu" if device_intervals is None else device_intervals
+            on_intervals = on_intervals and supports_device_intervals(device)
             self.on_device = DeviceReducerSet(d_sae, top_k=top_k, hist_bins=hist_bins, device=device,
-                                              cofire=cofire and device.type != "cpu")
+                                              cofire=cofire and device.type != "cpu",
+                                              intervals=(interval_bins, interval_per_bin, seed) if on_intervals
+                                              else None)
             if self.on_device.cofire is not None:
                 self.cofire = None
 
+    @property
+    def needs_host_batch(self) -> bool:
+        """Whether ``update`` has any host-side reducer to feed (False: the device set runs them all)."""
+        part = self.on_device
+        return part is None or part.intervals is None or self.cofire is not None
+
     def update(self, batch: SparseBatch) -> None:
         """Every host-side reducer (all of them unless a device set runs the rest)."""
-        if self.on_device is None:
+        part = self.on_device
+        if part is None:
             self.stats.update(batch)
             self.topk.update(batch)
             self.hist.update(batch)
-        self.intervals.update(batch)
+        if part is None or part.intervals is None:
+            self.intervals.update(batch)
         if self.cofire is not None:
             self.cofire.update(batch)
 
-    def update_dense(self, feats: object, token: object) -> None:
-        """The device-side reducers: ``feats`` (n, d) and ``token`` (n,) global indices, torch, on the device."""
+    def update_dense(self, feats: object, token: object, nonzero: tuple[object, object, object] | None = None) -> None:
+        """The device-side reducers: ``feats`` (n, d) and ``token`` (n,) global indices, torch, on the device.
+
+        ``nonzero``: the batch's non-zeros ``(latent, token, value)`` when the caller has them.
+        """
         if self.on_device is None:
             raise ValueError("update_dense needs HarvestReducers(..., device=...)")
-        self.on_device.update(feats, token)  # type: ignore[arg-type]
+        if nonzero is None:
+            self.on_device.update(feats, token)  # type: ignore[arg-type]
+        else:
+            self.on_device.update_nonzero(feats, token, *nonzero)  # type: ignore[arg-type]
 
     def finish_device(self) -> None:
         """Bring the device state to the host (idempotent); afterwards all reducers are numpy."""
@@ -252,6 +274,8 @@ class HarvestReducers:
         self.stats, self.topk, self.hist = part.stats.to_numpy(), part.topk.to_numpy(), part.hist.to_numpy()
         if part.cofire is not None:
             self.cofire = part.cofire.to_numpy()
+        if part.intervals is not None:
+            self.intervals = part.intervals.to_numpy()
         self.on_device = None
 
     def merge(self, other: HarvestReducers) -> HarvestReducers:

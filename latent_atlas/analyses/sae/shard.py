@@ -13,7 +13,7 @@
   are the same as unsharded; a shard may be empty when the corpus has fewer
   batches than shards;
 * a shard harvests with its token offset: reducers and the CSC see *global*
-  token indices (``_Offset``), ``token_doc`` is the run's sequence index;
+  token indices (``harvest(token_offset=...)``), ``token_doc`` is the run's sequence index;
 * a shard's result holds its reducer states (``stats.*``, ``topk.*``,
   ``hist.*``, ``intervals.*``, ``cofire.*``: numeric arrays, the intervals'
   hash keys as uint64), its token arrays and its CSC (``lat_ptr``,
@@ -48,7 +48,7 @@ from latent_atlas.analyses.sae.harvest import (
     scratch_array,
 )
 from latent_atlas.analyses.sae.params import SaeParams
-from latent_atlas.analyses.sae.reducers import HarvestReducers, SparseBatch
+from latent_atlas.analyses.sae.reducers import HarvestReducers
 from latent_atlas.analyses.sae.run import (
     cofire_computed,
     describe_harvest,
@@ -68,30 +68,6 @@ STATE = {
     "intervals": ("exponent", "max", "key", "token", "value"),
     "cofire": ("count", "product"),
 }
-
-
-class _Offset:
-    """Feeds ``harvest``'s batches to reducers or a CSC writer with token indices shifted to the run's."""
-
-    def __init__(self, inner: Any, offset: int) -> None:
-        self.inner, self.offset = inner, offset
-
-    @property
-    def on_device(self) -> Any:
-        return self.inner.on_device
-
-    def _shift(self, batch: SparseBatch) -> SparseBatch:
-        return SparseBatch(batch.token + self.offset, batch.latent, batch.value, batch.token_start + self.offset,
-                           batch.n_tokens, batch.encoded)
-
-    def update_dense(self, feats: Any, token: Any) -> None:
-        self.inner.update_dense(feats, token + self.offset)
-
-    def update(self, batch: SparseBatch) -> None:
-        self.inner.update(self._shift(batch))
-
-    def add(self, batch: SparseBatch) -> None:
-        self.inner.add(self._shift(batch))
 
 
 def reducer_arrays(reducers: HarvestReducers) -> dict[str, np.ndarray]:
@@ -188,12 +164,12 @@ class SaeShards:
         outliers = 0
         if end > begin:
             part = sequences[begin:end]
-            tokens = harvest(lm, sae, hook, part, _Offset(reducers, token_begin),  # type: ignore[arg-type]
+            tokens = harvest(lm, sae, hook, part, reducers,
                              batch_tokens=per_batch * int(lengths[begin:end].max()),
-                             skip_positions=params.skip_positions, progress=progress,
-                             csc=_Offset(csc, token_begin),  # type: ignore[arg-type]
+                             skip_positions=params.skip_positions, progress=progress, csc=csc,
                              progress_span=(0.05, 0.95),
-                             outlier_factor=OUTLIER_FACTOR if params.drop_outliers else 0.0)
+                             outlier_factor=OUTLIER_FACTOR if params.drop_outliers else 0.0,
+                             token_offset=token_begin)
             token_arrays = {"token_id": tokens.token_id, "token_doc": tokens.token_doc + np.int32(begin),
                             "token_pos": tokens.token_pos}
             outliers = tokens.outliers_dropped

@@ -7,11 +7,13 @@ so planted outlier tokens have a known norm.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from latent_atlas.analyses.sae.activations import OUTLIER_FACTOR as TRAIN_OUTLIER_FACTOR
+from latent_atlas.analyses.sae.device_reducers import DeviceCoFiring
 from latent_atlas.analyses.sae.harvest import OUTLIER_FACTOR, CscWriter, harvest
 from latent_atlas.analyses.sae.reducers import HarvestReducers
 
@@ -34,10 +36,14 @@ def setup(seed: int = 0) -> tuple[StandardSAE, torch.Tensor, list[list[int]]]:
     return sae.eval(), table, sequences
 
 
-def run(lm, device: str | None, outlier_factor: float) -> tuple[dict[str, np.ndarray], object, tuple]:
+def run(lm, device: str | None, outlier_factor: float,
+        as_on_gpu: bool = False) -> tuple[dict[str, np.ndarray], object, tuple]:
     sae, table, sequences = setup()
     reducers = HarvestReducers(D_SAE, top_k=6, interval_bins=3, interval_per_bin=2, hist_bins=12, seed=1,
-                               device=device)
+                               device=device, device_intervals=as_on_gpu or None)
+    if as_on_gpu:  # every reducer in torch (co-firing too), as off the CPU: the host only writes the CSC
+        reducers.on_device.cofire, reducers.cofire = DeviceCoFiring(D_SAE, "cpu"), None
+        assert not reducers.needs_host_batch
     csc = CscWriter(D_SAE)
     tokens = harvest(lm, sae, None, sequences, reducers, batch_tokens=120, skip_positions=1,
                      progress=lambda f, s: None, csc=csc, forward=lambda lm, ids, mask, hook: table[ids],
@@ -45,9 +51,10 @@ def run(lm, device: str | None, outlier_factor: float) -> tuple[dict[str, np.nda
     return reducers.result(edges_k=4), tokens, csc.finish()
 
 
-def test_device_reducers_in_the_harvest_equal_the_numpy_ones(tiny_gpt2) -> None:
+@pytest.mark.parametrize("as_on_gpu", [False, True])
+def test_device_reducers_in_the_harvest_equal_the_numpy_ones(tiny_gpt2, as_on_gpu: bool) -> None:
     host, tokens, csc = run(tiny_gpt2, None, OUTLIER_FACTOR)
-    device, tokens_d, csc_d = run(tiny_gpt2, "cpu", OUTLIER_FACTOR)
+    device, tokens_d, csc_d = run(tiny_gpt2, "cpu", OUTLIER_FACTOR, as_on_gpu)
     assert host.keys() == device.keys()
     for name, array in host.items():
         if array.dtype.kind == "f":
@@ -71,3 +78,12 @@ def test_outliers_are_stored_counted_and_never_encoded(tiny_gpt2) -> None:
     # with the rule off the same tokens are encoded (and at 40x the norm they fire)
     arrays_off, tokens_off, (_, lat_token_off, _) = run(tiny_gpt2, None, 0.0)
     assert tokens_off.outliers_dropped == 0 and np.isin(lat_token_off, sink).any()
+
+
+def test_global_token_indices_must_fit_int32(tiny_gpt2) -> None:
+    sae, table, sequences = setup()
+    reducers = HarvestReducers(D_SAE, top_k=2, interval_bins=2, interval_per_bin=1, hist_bins=4)
+    for offset in (-1, 2**31 - 5):
+        with pytest.raises(ValueError, match="2\\*\\*31"):
+            harvest(tiny_gpt2, sae, None, sequences, reducers, batch_tokens=120, skip_positions=1,
+                    progress=lambda f, s: None, forward=lambda lm, ids, mask, hook: table[ids], token_offset=offset)
