@@ -101,15 +101,33 @@ def test_anatomy_run_page(live_portal, browser, artifacts_dir) -> None:
     _wait_title(driver, portal, artifacts_dir, "Attention, layer 2, head 1", "thumbnail")
     driver.save_screenshot(str(artifacts_dir / "anatomy-thumbnail-clicked.png"))
 
-    # Click block 0 of the 3D diagram. The scene is WebGL, whose picking a headless browser
-    # cannot aim at reliably, so the click is Plotly's own click event on that block's marker.
+    # Click block 0 of the flat (SVG) diagram with the real mouse, at its marker's pixel position.
+    diagram = driver.find_element(By.CSS_SELECTOR, "#anatomy-architecture .nsewdrag")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", diagram)
+    dx, dy = driver.execute_script("""
+        const g = document.querySelector('#anatomy-architecture .js-plotly-plot');
+        const t = g._fullData.find(d => d.name === 'blocks');
+        const i = t.customdata.indexOf(0), L = g._fullLayout;
+        return [L.xaxis.l2p(t.x[i]) - L.xaxis._length / 2, L.yaxis.l2p(t.y[i]) - L.yaxis._length / 2];
+    """)
+    ActionChains(driver).move_to_element_with_offset(diagram, int(dx), int(dy)).click().perform()
+    _wait_title(driver, portal, artifacts_dir, "Attention, layer 0, head 1", "block")
+
+    # The 3D diagram on request; click its block 1. The scene is WebGL, whose picking a headless
+    # browser cannot aim at reliably, so the click is Plotly's own click event on that block's marker.
+    _click(driver, driver.find_element(By.XPATH, "//*[@id='anatomy-arch-view']//label[contains(., '3D')]"))
+    WebDriverWait(driver, 60, poll_frequency=0.2).until(lambda d: d.execute_script(
+        "const g = document.querySelector('#anatomy-architecture .js-plotly-plot');"
+        "return g && g._fullData && g._fullData.length && g._fullData[0].type === 'mesh3d';"))
+    driver.save_screenshot(str(artifacts_dir / "anatomy-architecture-3d.png"))
     driver.execute_script("""
         const g = document.querySelector('#anatomy-architecture .js-plotly-plot');
-        const i = g.data[1].customdata.indexOf(0);
-        g.emit('plotly_click', {points: [{curveNumber: 1, pointNumber: i, customdata: 0,
-            x: g.data[1].x[i], y: g.data[1].y[i], z: g.data[1].z[i], data: g.data[1], fullData: g._fullData[1]}]});
+        const c = g.data.findIndex(d => d.name === 'blocks'), t = g.data[c];
+        const i = t.customdata.indexOf(1);
+        g.emit('plotly_click', {points: [{curveNumber: c, pointNumber: i, customdata: 1,
+            x: t.x[i], y: t.y[i], z: t.z[i], data: t, fullData: g._fullData[c]}]});
     """)
-    _wait_title(driver, portal, artifacts_dir, "Attention, layer 0, head 1", "block")
+    _wait_title(driver, portal, artifacts_dir, "Attention, layer 1, head 1", "block-3d")
 
     # The saliency of the first token.
     _click(driver, driver.find_element(By.LINK_TEXT, "Saliency"))

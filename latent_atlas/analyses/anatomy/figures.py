@@ -7,7 +7,13 @@ The notebook (``latent_atlas.notebook``) and the portal's view
   tick labels or hover goes through ``token_text`` (whitespace made visible,
   then ``html.escape``), because Plotly renders a subset of HTML there;
 * token axes are categorical with unique labels ``"<position>·<token>"``
-  (``position_labels``), so repeated tokens never merge into one column;
+  (``position_labels``), so repeated tokens never merge into one column; a
+  long prompt's axis labels at most ``MAX_TICKS`` of them (``token_ticks``:
+  every label is still the hover text), because Plotly lays out and measures
+  every tick label it is given;
+* large heatmaps (a head, rollout, layers x tokens, the thumbnail sheet) are
+  drawn with ``zsmooth="fast"``: one pixel per cell, scaled by the browser,
+  instead of one rectangle per cell (a 512 x 512 head: ~0.1 s instead of ~1 s);
 * attention values travel as uint16 basis points (1 bp = 0.0001, so 10000 =
   probability 1): a 512 x 512 head is 512 KiB as a base64 typed array instead
   of ~2 MB of JSON floats, and hover reads ``... bp``;
@@ -28,6 +34,7 @@ import plotly.graph_objects as go
 
 __all__ = [
     "architecture_figure",
+    "architecture_flat_figure",
     "attention_figure",
     "embedding_figure",
     "layer_token_heatmap",
@@ -38,10 +45,12 @@ __all__ = [
     "sheet_cell",
     "thumbnail_sheet",
     "token_text",
+    "token_ticks",
 ]
 
 _VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
 BP = 10_000
+MAX_TICKS = 24
 
 
 def token_text(token: str, limit: int = 24) -> str:
@@ -57,6 +66,12 @@ def position_labels(tokens: Sequence[str]) -> list[str]:
     return [f"{i}·{token_text(t, 16)}" for i, t in enumerate(tokens)]
 
 
+def token_ticks(labels: Sequence[str], limit: int = MAX_TICKS) -> list[str]:
+    """Every ``ceil(len / limit)``-th label (all of them up to ``limit``): the ticks a token axis shows."""
+    step = max(1, math.ceil(len(labels) / limit))
+    return list(labels[::step])
+
+
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     fig.update_layout(title=title, height=height, margin={"l": 60, "r": 20, "t": 50, "b": 60},
                       template="plotly_white")
@@ -66,94 +81,172 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
 # --------------------------------------------------------------------------- summary
 
 
+PALETTE = {"embedding": "#6c757d", "attention": "#1f77b4", "mlp": "#d62728", "final_norm": "#2ca02c",
+           "unembedding": "#9467bd"}
+_FACES = [(0, 1, 3), (0, 3, 2), (4, 5, 7), (4, 7, 6), (0, 1, 5), (0, 5, 4),
+          (2, 3, 7), (2, 7, 6), (0, 2, 6), (0, 6, 4), (1, 3, 7), (1, 7, 5)]  # a box's 12 triangles
+
+
+def _shapes_text(part: Mapping[str, Any]) -> str:
+    shapes = part.get("shapes") or {}
+    lines = [f"{html.escape(name)}: {' × '.join(str(n) for n in shape)}" for name, shape in list(shapes.items())[:12]]
+    if len(shapes) > 12:
+        lines.append(f"… {len(shapes) - 12} more")
+    return "<br>".join(lines)
+
+
+def diagram_boxes(parts: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The architecture as boxes and head markers, shared by the 3D and the flat diagram.
+
+    A box is ``{x, y, z, w, d, h, colour, layer, text}`` (centre x and y,
+    bottom z, width, depth, height); widths grow with the cube root of the
+    parameter count; ``layer`` is -1 outside the blocks. A head marker is
+    ``{x, y, z, d, layer, text}`` above the top of its block's attention box
+    (``d``: that box's depth).
+    """
+    counts = [max(int(p.get("count", 0)), 1) for p in parts]
+    scale = 1.0 / max([c ** (1 / 3) for c in counts] or [1.0])
+    boxes: list[dict[str, Any]] = []
+    heads: list[dict[str, Any]] = []
+    z = 0.0
+    for part, count in zip(parts, counts, strict=True):
+        kind = part.get("kind")
+        label = html.escape(str(part.get("label", "")))
+        if kind == "block":
+            layer = int(part.get("layer", 0))
+            attn, mlp = max(int(part.get("attention", 0)), 1), max(int(part.get("mlp", 0)), 1)
+            wa, wm = attn ** (1 / 3) * scale, mlp ** (1 / 3) * scale
+            boxes.append({"x": -0.6, "y": 0.0, "z": z, "w": wa, "d": wa, "h": 0.6, "colour": PALETTE["attention"],
+                          "layer": layer,
+                          "text": f"<b>{label}: attention</b><br>{attn:,} parameters<br>{part.get('heads')} query "
+                                  f"heads, {part.get('kv_heads')} key/value heads<br>click: open layer {layer}"})
+            boxes.append({"x": 0.6, "y": 0.0, "z": z, "w": wm, "d": wm, "h": 0.6, "colour": PALETTE["mlp"],
+                          "layer": layer,
+                          "text": f"<b>{label}: MLP</b><br>{mlp:,} parameters<br>{_shapes_text(part)}<br>"
+                                  f"click: open layer {layer}"})
+            n_heads = int(part.get("heads") or 0)
+            for h in range(n_heads):
+                angle = 2 * math.pi * h / max(n_heads, 1)
+                heads.append({"x": -0.6 + 0.45 * wa * math.cos(angle), "y": 0.45 * wa * math.sin(angle),
+                              "z": z + 0.65, "d": wa, "layer": layer, "text": f"layer {layer}, head {h}"})
+            z += 1.0
+        else:
+            w = max(count ** (1 / 3) * scale, 0.15)
+            boxes.append({"x": 0.0, "y": 0.0, "z": z, "w": w, "d": w * 0.3, "h": 0.4,
+                          "colour": PALETTE.get(str(kind), "#888"), "layer": -1,
+                          "text": f"<b>{label}</b><br>{count:,} parameters<br>{_shapes_text(part)}"})
+            z += 0.8
+    return boxes, heads
+
+
 def architecture_figure(parts: Sequence[Mapping[str, Any]], title: str = "Architecture") -> go.Figure:
     """A 3D stack: embedding, each block (attention box with its heads, MLP box), final norm, unembedding.
 
     Box widths grow with the cube root of the parameter count; every box and
     marker carries ``customdata`` = the layer (-1 outside the blocks), so a click
-    on a block opens that layer.
+    on a block opens that layer. A WebGL scene: in a browser without a GPU
+    (software GL) it takes seconds to draw, so the page starts with
+    ``architecture_flat_figure`` and draws this one on request.
     """
-    counts = [max(int(p.get("count", 0)), 1) for p in parts]
-    scale = 1.0 / max(c ** (1 / 3) for c in counts)
+    boxes, heads = diagram_boxes(parts)
     xs, ys, zs, ii, jj, kk, colours, custom = [], [], [], [], [], [], [], []
-    mx, my, mz, mtext, mcustom, mcolour = [], [], [], [], [], []
-    palette = {"embedding": "#6c757d", "attention": "#1f77b4", "mlp": "#d62728",
-               "final_norm": "#2ca02c", "unembedding": "#9467bd"}
-
-    def box(cx: float, cy: float, cz: float, w: float, depth: float, h: float, colour: str, layer: int,
-            text: str) -> None:
+    for b in boxes:
         base = len(xs)
-        for dx in (-w / 2, w / 2):
-            for dy in (-depth / 2, depth / 2):
-                for dz in (0, h):
-                    xs.append(cx + dx)
-                    ys.append(cy + dy)
-                    zs.append(cz + dz)
-                    custom.append(layer)
-        # 12 triangles of a box over vertices indexed by (x, y, z) bits
-        faces = [(0, 1, 3), (0, 3, 2), (4, 5, 7), (4, 7, 6), (0, 1, 5), (0, 5, 4),
-                 (2, 3, 7), (2, 7, 6), (0, 2, 6), (0, 6, 4), (1, 3, 7), (1, 7, 5)]
-        for a, b, c in faces:
+        for dx in (-b["w"] / 2, b["w"] / 2):
+            for dy in (-b["d"] / 2, b["d"] / 2):
+                for dz in (0, b["h"]):
+                    xs.append(b["x"] + dx)
+                    ys.append(b["y"] + dy)
+                    zs.append(b["z"] + dz)
+                    custom.append(b["layer"])
+        for a, c1, c2 in _FACES:  # vertices indexed by (x, y, z) bits
             ii.append(base + a)
-            jj.append(base + b)
-            kk.append(base + c)
-            colours.append(colour)
-        mx.append(cx)
-        my.append(cy)
-        mz.append(cz + h / 2)
-        mtext.append(text)
-        mcustom.append(layer)
-        mcolour.append(colour)
-
-    def shapes_text(part: Mapping[str, Any]) -> str:
-        shapes = part.get("shapes") or {}
-        lines = [f"{html.escape(name)}: {' × '.join(str(n) for n in shape)}" for name, shape in list(shapes.items())[:12]]
-        if len(shapes) > 12:
-            lines.append(f"… {len(shapes) - 12} more")
-        return "<br>".join(lines)
-
-    z = 0.0
-    heads_x, heads_y, heads_z, heads_custom, heads_text = [], [], [], [], []
-    for part, count in zip(parts, counts, strict=True):
-        kind = part.get("kind")
-        label = html.escape(str(part.get("label", "")))
-        text = f"<b>{label}</b><br>{count:,} parameters<br>{shapes_text(part)}"
-        if kind == "block":
-            layer = int(part.get("layer", 0))
-            attn, mlp = max(int(part.get("attention", 0)), 1), max(int(part.get("mlp", 0)), 1)
-            wa, wm = attn ** (1 / 3) * scale, mlp ** (1 / 3) * scale
-            box(-0.6, 0, z, wa, wa, 0.6, palette["attention"], layer,
-                f"<b>{label}: attention</b><br>{attn:,} parameters<br>{part.get('heads')} query heads, "
-                f"{part.get('kv_heads')} key/value heads<br>click: open layer {layer}")
-            box(0.6, 0, z, wm, wm, 0.6, palette["mlp"], layer,
-                f"<b>{label}: MLP</b><br>{mlp:,} parameters<br>{shapes_text(part)}<br>click: open layer {layer}")
-            n_heads = int(part.get("heads") or 0)
-            for h in range(n_heads):
-                angle = 2 * math.pi * h / max(n_heads, 1)
-                heads_x.append(-0.6 + 0.45 * wa * math.cos(angle) + 0.0)
-                heads_y.append(0.45 * wa * math.sin(angle))
-                heads_z.append(z + 0.65)
-                heads_custom.append(layer)
-                heads_text.append(f"layer {layer}, head {h}")
-            z += 1.0
-        else:
-            w = count ** (1 / 3) * scale
-            box(0, 0, z, max(w, 0.15), max(w, 0.15) * 0.3, 0.4, palette.get(str(kind), "#888"), -1, text)
-            z += 0.8
+            jj.append(base + c1)
+            kk.append(base + c2)
+            colours.append(b["colour"])
     fig = go.Figure()
     fig.add_trace(go.Mesh3d(x=xs, y=ys, z=zs, i=ii, j=jj, k=kk, facecolor=colours, opacity=0.55,
                             customdata=custom, hoverinfo="skip", flatshading=True, name="modules"))
-    fig.add_trace(go.Scatter3d(x=mx, y=my, z=mz, mode="markers", customdata=mcustom, text=mtext,
+    fig.add_trace(go.Scatter3d(x=[b["x"] for b in boxes], y=[b["y"] for b in boxes],
+                               z=[b["z"] + b["h"] / 2 for b in boxes], mode="markers",
+                               customdata=[b["layer"] for b in boxes], text=[b["text"] for b in boxes],
                                hovertemplate="%{text}<extra></extra>",
-                               marker={"size": 6, "color": mcolour, "symbol": "square"}, name="blocks"))
-    if heads_x:
-        fig.add_trace(go.Scatter3d(x=heads_x, y=heads_y, z=heads_z, mode="markers", customdata=heads_custom,
-                                   text=heads_text, hovertemplate="%{text}<extra></extra>",
+                               marker={"size": 6, "color": [b["colour"] for b in boxes], "symbol": "square"},
+                               name="blocks"))
+    if heads:
+        fig.add_trace(go.Scatter3d(x=[h["x"] for h in heads], y=[h["y"] for h in heads],
+                                   z=[h["z"] for h in heads], mode="markers", customdata=[h["layer"] for h in heads],
+                                   text=[h["text"] for h in heads], hovertemplate="%{text}<extra></extra>",
                                    marker={"size": 2.5, "color": "#17becf"}, name="heads"))
     fig.update_layout(scene={"xaxis": {"visible": False}, "yaxis": {"visible": False},
                              "zaxis": {"title": "depth"}, "aspectmode": "manual",
                              "aspectratio": {"x": 1, "y": 0.6, "z": 2.2}},
                       showlegend=False, title=title, height=620, margin={"l": 0, "r": 0, "t": 40, "b": 0})
+    return fig
+
+
+def _shade(colour: str, factor: float) -> str:
+    """``#rrggbb`` scaled towards black (factor < 1) or white (factor > 1)."""
+    rgb = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+    mixed = [round(c * factor) if factor <= 1 else round(c + (255 - c) * (factor - 1)) for c in rgb]
+    return "#" + "".join(f"{min(max(c, 0), 255):02x}" for c in mixed)
+
+
+# The deepest box's depth drawn as (right, up) in axis units (the axes are not to scale: the stack is
+# tall), others in proportion. Up stays under 0.4, the gap between levels, so levels never overlap.
+OBLIQUE = (0.3, 0.35)
+
+
+def architecture_flat_figure(parts: Sequence[Mapping[str, Any]], title: str = "Architecture") -> go.Figure:
+    """The same boxes as ``architecture_figure`` in a fixed oblique projection, drawn as SVG (no WebGL).
+
+    Each box shows its front, top and right faces (three shades of its
+    colour); boxes of successive levels are separated by a gap taller than a
+    box's projected depth, so no face hides another and the faces can be
+    grouped by colour and shade into a few filled traces. The ``blocks`` trace
+    (a transparent marker at each box's centre; the nearest one answers)
+    carries ``customdata`` = the layer and the hover text, so hovering or
+    clicking a box works as on the 3D diagram; ``heads`` marks each query head
+    on its attention box's top face.
+    """
+    boxes, heads = diagram_boxes(parts)
+    deepest = max([b["d"] for b in boxes] or [1.0])
+    kx, ky = OBLIQUE[0] / deepest, OBLIQUE[1] / deepest
+    faces: dict[tuple[str, str], tuple[list[float | None], list[float | None]]] = {}
+
+    def add(colour: str, face: str, points: list[tuple[float, float]]) -> None:
+        xs, ys = faces.setdefault((colour, face), ([], []))
+        xs.extend([p[0] for p in points] + [points[0][0], None])
+        ys.extend([p[1] for p in points] + [points[0][1], None])
+
+    for b in boxes:
+        x0, x1 = b["x"] - b["w"] / 2, b["x"] + b["w"] / 2
+        z0, z1 = b["z"], b["z"] + b["h"]
+        dx, dz = kx * b["d"], ky * b["d"]
+        add(b["colour"], "front", [(x0, z0), (x1, z0), (x1, z1), (x0, z1)])
+        add(b["colour"], "top", [(x0, z1), (x1, z1), (x1 + dx, z1 + dz), (x0 + dx, z1 + dz)])
+        add(b["colour"], "side", [(x1, z0), (x1 + dx, z0 + dz), (x1 + dx, z1 + dz), (x1, z1)])
+    fig = go.Figure()
+    shades = {"front": 1.0, "top": 1.35, "side": 0.7}
+    for (colour, face), (xs, ys) in faces.items():
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", fill="toself", fillcolor=_shade(colour, shades[face]),
+                                 line={"color": _shade(colour, 0.55), "width": 0.6}, hoverinfo="skip",
+                                 showlegend=False, name=face))
+    fig.add_trace(go.Scatter(x=[b["x"] for b in boxes], y=[b["z"] + b["h"] / 2 for b in boxes], mode="markers",
+                             customdata=[b["layer"] for b in boxes], text=[b["text"] for b in boxes],
+                             hovertemplate="%{text}<extra></extra>", name="blocks",
+                             marker={"size": 14, "symbol": "square", "color": "rgba(0,0,0,0)"}))
+    if heads:
+        fig.add_trace(go.Scatter(x=[h["x"] + kx * (h["y"] + h["d"] / 2) for h in heads],
+                                 y=[h["z"] - 0.05 + ky * (h["y"] + h["d"] / 2) for h in heads], mode="markers",
+                                 customdata=[h["layer"] for h in heads], text=[h["text"] for h in heads],
+                                 hovertemplate="%{text}<extra></extra>", name="heads",
+                                 marker={"size": 3, "color": "#17becf"}))
+    fig.update_xaxes(visible=False, range=[-1.5, 1.7])
+    fig.update_yaxes(title="depth", showgrid=False, zeroline=False)
+    # hoverdistance -1: the nearest block answers wherever the pointer is (the markers are smaller than the boxes)
+    fig.update_layout(showlegend=False, title=title, height=620, margin={"l": 40, "r": 0, "t": 40, "b": 0},
+                      template="plotly_white", hovermode="closest", hoverdistance=-1, dragmode="pan")
     return fig
 
 
@@ -164,11 +257,12 @@ def layer_token_heatmap(values: np.ndarray, tokens: Sequence[str], title: str,
                         colorbar: str = "norm", layer_labels: Sequence[str] | None = None) -> go.Figure:
     """A (rows, T) heatmap: rows are layers (bottom = first), columns the prompt's tokens."""
     rows = list(layer_labels) if layer_labels is not None else [f"layer {i}" for i in range(values.shape[0])]
+    labels = position_labels(tokens)
     fig = go.Figure(go.Heatmap(
-        z=np.asarray(values, dtype=np.float32), x=position_labels(tokens), y=rows, colorscale="Viridis",
+        z=np.asarray(values, dtype=np.float32), x=labels, y=rows, colorscale="Viridis", zsmooth="fast",
         colorbar={"title": colorbar},
         hovertemplate="%{y}<br>token %{x}<br>" + colorbar + " %{z:.4g}<extra></extra>"))
-    fig.update_xaxes(type="category", tickangle=-60)
+    fig.update_xaxes(type="category", tickangle=-60, tickvals=token_ticks(labels))
     fig.update_yaxes(type="category")
     return _layout(fig, title, height=max(300, 18 * values.shape[0] + 160))
 
@@ -181,12 +275,13 @@ def attention_figure(pattern: np.ndarray, tokens: Sequence[str], title: str) -> 
     labels = position_labels(tokens)
     z = np.rint(np.clip(np.asarray(pattern, dtype=np.float32), 0, 1) * BP).astype(np.uint16)
     fig = go.Figure(go.Heatmap(
-        z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=BP,
+        z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=BP, zsmooth="fast",
         colorbar={"title": "attention", "tickvals": [0, 2500, 5000, 7500, BP],
                   "ticktext": ["0", "0.25", "0.5", "0.75", "1"]},
         hovertemplate="query %{y}<br>key %{x}<br>attention %{z} bp (1 bp = 0.0001)<extra></extra>"))
-    fig.update_xaxes(type="category", tickangle=-60, title="key (attended to)")
-    fig.update_yaxes(type="category", autorange="reversed", title="query")
+    ticks = token_ticks(labels)
+    fig.update_xaxes(type="category", tickangle=-60, title="key (attended to)", tickvals=ticks)
+    fig.update_yaxes(type="category", autorange="reversed", title="query", tickvals=ticks)
     return _layout(fig, title, height=560)
 
 
@@ -205,17 +300,17 @@ def thumbnail_sheet(thumbs: np.ndarray, n_layers: int, n_heads: int, title: str 
     coords_x = (np.arange(n_heads * s) + 0.5) / s
     coords_y = (np.arange(n_layers * s) + 0.5) / s
     fig = go.Figure(go.Heatmap(z=sheet, x=coords_x.astype(np.float32), y=coords_y.astype(np.float32),
-                               colorscale="Greys", reversescale=False, zmin=0, zmax=255, showscale=False,
+                               colorscale="Greys", reversescale=False, zmin=0, zmax=255, showscale=False, zsmooth="fast",
                                hovertemplate="click to enlarge<extra></extra>"))
-    lines = [{"type": "line", "x0": h, "x1": h, "y0": 0, "y1": n_layers, "line": {"color": "#0d6efd", "width": 1}}
-             for h in range(1, n_heads)]
-    lines += [{"type": "line", "x0": 0, "x1": n_heads, "y0": layer, "y1": layer,
-               "line": {"color": "#0d6efd", "width": 1}} for layer in range(1, n_layers)]
-    fig.update_layout(shapes=lines)
+    # the tile borders as one path shape (one SVG element, not one shape per line)
+    path = "".join(f"M{h},0L{h},{n_layers}" for h in range(1, n_heads))
+    path += "".join(f"M0,{layer}L{n_heads},{layer}" for layer in range(1, n_layers))
+    if path:
+        fig.update_layout(shapes=[{"type": "path", "path": path, "line": {"color": "#0d6efd", "width": 1}}])
     fig.update_xaxes(tickvals=[h + 0.5 for h in range(n_heads)], ticktext=[f"h{h}" for h in range(n_heads)],
                      range=[0, n_heads], side="top", showgrid=False)
     fig.update_yaxes(tickvals=[i + 0.5 for i in range(n_layers)], ticktext=[f"L{i}" for i in range(n_layers)],
-                     range=[n_layers, 0], showgrid=False, scaleanchor="x")
+                     range=[n_layers, 0], showgrid=False, scaleanchor="x", constrain="domain", constraintoward="top")
     return _layout(fig, title, height=max(300, min(60 * n_layers, 1800) + 80))
 
 

@@ -78,3 +78,37 @@ def test_sheet_cell() -> None:
     assert figures.sheet_cell(2.99, 0.01, 3, 4) == (0, 2)
     assert figures.sheet_cell(4.0, 0.5, 3, 4) is None
     assert figures.sheet_cell(0.5, -0.1, 3, 4) is None
+
+
+def test_token_axes_label_a_subset_but_keep_every_category() -> None:
+    tokens = [f"t{i}" for i in range(512)]
+    fig = json.loads(pio.to_json(figures.attention_figure(np.eye(512), tokens, "t")))
+    heat = fig["data"][0]
+    assert heat["zsmooth"] == "fast" and len(heat["x"]) == 512  # every position is a category (hover, clicks)
+    ticks = fig["layout"]["xaxis"]["tickvals"]
+    assert ticks == figures.token_ticks(heat["x"]) and len(ticks) <= figures.MAX_TICKS and ticks[0] == "0·t0"
+    assert figures.token_ticks(["a", "b", "c"]) == ["a", "b", "c"]
+    assert figures.token_ticks([str(i) for i in range(49)], 24) == [str(i) for i in range(0, 49, 3)]
+
+
+DIAGRAM = [
+    {"kind": "embedding", "label": "<emb>", "count": 4096, "shapes": {"weight": [64, 64]}},
+    *({"kind": "block", "layer": i, "label": f"layers.{i}", "count": 3000, "attention": 1000, "mlp": 2000,
+       "heads": 4, "kv_heads": 2, "shapes": {"mlp.up.weight": [32, 16]}} for i in range(3)),
+    {"kind": "final_norm", "label": "norm", "count": 16, "shapes": {}},
+]
+
+
+def test_flat_architecture_has_the_3d_blocks_without_webgl() -> None:
+    flat = json.loads(pio.to_json(figures.architecture_flat_figure(DIAGRAM)))
+    solid = json.loads(pio.to_json(figures.architecture_figure(DIAGRAM)))
+    assert {t["type"] for t in flat["data"]} == {"scatter"}  # SVG: no WebGL scene to draw
+    flat_blocks = next(t for t in flat["data"] if t["name"] == "blocks")
+    solid_blocks = next(t for t in solid["data"] if t["name"] == "blocks")
+    assert flat_blocks["customdata"] == solid_blocks["customdata"] == [-1, 0, 0, 1, 1, 2, 2, -1]
+    assert flat_blocks["text"] == solid_blocks["text"] and "&lt;emb&gt;" in flat_blocks["text"][0]
+    heads = next(t for t in flat["data"] if t["name"] == "heads")
+    assert heads["customdata"] == [layer for layer in range(3) for _ in range(4)]
+    # each box is three closed faces (front, top, side), each a filled polygon ended by a gap
+    faces = [t for t in flat["data"] if t.get("fill") == "toself"]
+    assert sum(t["x"].count(None) for t in faces) == 3 * len(flat_blocks["customdata"])

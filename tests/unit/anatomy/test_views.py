@@ -64,9 +64,12 @@ def test_parse_query(search: str, expected: tuple) -> None:
 
 def test_render_and_callbacks(stored) -> None:
     _, data, run, root = stored
-    component = page.render(run, data.arrays)
+    component = page.render(run, data.arrays, root)
     text = json.dumps(component.to_plotly_json(), default=lambda o: o.to_plotly_json() if hasattr(o, "to_plotly_json") else str(o))
     assert "anatomy-architecture" in text and "anatomy-sheet" in text and "anatomy-sal-method" in text
+    # drawn at load without a callback: the flat diagram and head 0 of layer 0; a hidden tab's graph is not
+    assert '"name": "blocks"' in text and "Attention, layer 0, head 0" in text
+    assert "anatomy-resid-box" in text and '"id": "anatomy-resid"' not in text
     neurons = parts.neuron_table(data, 1, 3)
     assert "Layer 1, token 3" in json.dumps(neurons.to_plotly_json(), default=str)
     sal = parts.saliency_text(data.tokens, data.arrays["saliency_ig"])

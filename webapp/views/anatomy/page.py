@@ -1,10 +1,18 @@
 """The anatomy run page: layout (``render``) and callbacks.
 
-Sections: the model (summary table, parameter tree, 3D diagram: clicking a
-block opens that layer below), then tabs (each tab's figures are drawn when
-the tab is opened: every figure drawn at load delays the page) for token activations (click a cell:
-that token's top MLP neurons), attention (one head at a time, every layer x
-head as a thumbnail sheet, rollout), embeddings, saliency and the logit lens.
+Sections: the model (summary table, parameter tree, the architecture
+diagram: clicking a block opens that layer below; drawn flat (SVG) at load, in
+3D (WebGL: seconds to draw in a browser without a GPU) on request), then tabs
+for attention (one head at a time, every layer x head as a thumbnail sheet,
+rollout), token activations (click a cell: that token's top MLP neurons),
+embeddings, saliency and the logit lens.
+
+What is drawn at load is what the page needs first, all in the layout (no
+callback round trip): the diagram, the thumbnail sheet and head 0 of layer 0
+(a URL's head replaces it through ``_choose``); the rollout, below them, comes
+from its own callback. A hidden tab's graphs are not in the layout at all (an empty
+``dcc.Graph`` is still a Plotly plot to build): its callback puts them in the
+tab's ``...-box`` container when the tab is opened.
 
 Invariants:
 
@@ -57,6 +65,19 @@ def _index_input(ident: str, label: str, high: int) -> Any:
                                      debounce=True)], size="sm", style={"width": "11rem"})
 
 
+def _box(ident: str) -> html.Div:
+    """Where a hidden tab's graph ``ident`` goes once its tab is opened (``ident``-box)."""
+    return html.Div(html.P("Drawn when this tab is opened.", className="text-muted small"), id=f"{ident}-box")
+
+
+def head_figure(data: AnatomyData, layer: int, head: int) -> Any:
+    """One head's heatmap, titled with its layer, head and (grouped-query attention) key/value head."""
+    kv = int(data.summary.get("n_kv_heads") or data.n_heads)
+    group = f" (key/value head {head // max(data.n_heads // kv, 1)})" if kv != data.n_heads else ""
+    return af.attention_figure(head_pattern(data, layer, head), data.tokens,
+                               f"Attention, layer {layer}, head {head}{group}")
+
+
 def _model_section(data: AnatomyData) -> Any:
     s = data.summary
     return dbc.Row([
@@ -67,9 +88,14 @@ def _model_section(data: AnatomyData) -> Any:
                            dbc.CardBody(parts.parameter_tree(s.get("parameters") or {}), id="anatomy-tree",
                                         style={"maxHeight": "26rem", "overflowY": "auto"})], class_name="mb-3")],
                 lg=5),
-        dbc.Col([html.P("Click a block to open its layer in the views below (hover shows shapes).",
-                        className="text-muted small mb-1"),
-                 _graph("anatomy-architecture", af.architecture_figure(s.get("diagram") or []))], lg=7),
+        dbc.Col([dbc.Row([
+                     dbc.Col(html.P("Click a block to open its layer in the views below (hover shows shapes).",
+                                    className="text-muted small mb-1")),
+                     dbc.Col(dbc.RadioItems(id="anatomy-arch-view", value="flat", inline=True,
+                                            options=[{"label": "flat", "value": "flat"},
+                                                     {"label": "3D (rotate)", "value": "3d"}],
+                                            class_name="small"), width="auto")]),
+                 _graph("anatomy-architecture", af.architecture_flat_figure(s.get("diagram") or []))], lg=7),
     ])
 
 
@@ -77,8 +103,8 @@ def _activations_tab(data: AnatomyData) -> Any:
     return dbc.Row([
         dbc.Col([
             html.P("Click a cell to list that token's top MLP neurons at that layer.", className="text-muted small"),
-            _graph("anatomy-resid"),
-            _graph("anatomy-mlp"),
+            _box("anatomy-resid"),
+            _box("anatomy-mlp"),
         ], lg=9),
         dbc.Col(dbc.Card([dbc.CardHeader("Top MLP neurons"),
                           dbc.CardBody(html.P("Click a cell of a heatmap.", className="text-muted mb-0"),
@@ -100,7 +126,7 @@ def _attention_tab(data: AnatomyData) -> Any:
         html.Div(id="anatomy-url-error"),
         html.Div(id="anatomy-index-error"),
         dbc.Row([
-            dbc.Col(dcc.Loading(_graph("anatomy-head-figure")), lg=7),
+            dbc.Col(dcc.Loading(_graph("anatomy-head-figure", head_figure(data, 0, 0))), lg=7),
             dbc.Col([html.P("Every layer × head (pooled; shade = √(value ÷ that head’s maximum)); click one to enlarge it.",
                             className="text-muted small mb-1"),
                      _graph("anatomy-sheet", af.thumbnail_sheet(data.arrays["attention_thumbs"],
@@ -120,7 +146,7 @@ def _embeddings_tab(data: AnatomyData) -> Any:
     return dbc.Row([
         dbc.Col([dbc.RadioItems(id="anatomy-embed-dims", value=2, inline=True,
                                 options=[{"label": "2D", "value": 2}, {"label": "3D", "value": 3}]),
-                 _graph("anatomy-embed")], lg=8),
+                 _box("anatomy-embed")], lg=8),
         dbc.Col([dbc.Label("Nearest tokens (cosine, whole vocabulary) of"),
                  dbc.Select(id="anatomy-embed-token", options=options, value=0 if options else None),
                  html.Div(parts.neighbour_table(data, 0) if options else None, id="anatomy-neighbours",
@@ -136,7 +162,7 @@ def _saliency_tab(data: AnatomyData) -> Any:
     return html.Div([
         dbc.RadioItems(id="anatomy-sal-method", value="grad_input", inline=True, options=methods),
         html.Div(id="anatomy-sal-text", className="my-2"),
-        _graph("anatomy-sal-bars"),
+        _box("anatomy-sal-bars"),
         kv_table(parts.saliency_info(data.summary, data.vocab), id="anatomy-sal-info"),
     ])
 
@@ -156,18 +182,18 @@ def _lens_tab(data: AnatomyData) -> Any:
                        size="sm", style={"maxWidth": "28rem"}),
         html.Small(note, className="text-muted", id="anatomy-lens-window-note") if note else None,
         html.Div(id="anatomy-lens-error"),
-        _graph("anatomy-lens"),
+        _box("anatomy-lens"),
         dbc.Row([
-            dbc.Col(_graph("anatomy-lens-last"), lg=6),
-            dbc.Col(html.Div(parts.lens_last_table(data), style={"maxHeight": "28rem", "overflowY": "auto"}), lg=6),
+            dbc.Col(_box("anatomy-lens-last"), lg=6),
+            dbc.Col(html.Div(id="anatomy-lens-table-box", style={"maxHeight": "28rem", "overflowY": "auto"}), lg=6),
         ]),
     ])
 
 
-def render(run: Any, arrays: Mapping[str, np.ndarray]) -> Any:
-    """The anatomy view of a finished run (called by the run page)."""
+def render(run: Any, arrays: Mapping[str, np.ndarray], store_url: str | None = None) -> Any:
+    """The anatomy view of a finished run (called by the run page; ``store_url``: the portal's store)."""
     try:
-        data = from_run(run, arrays)
+        data = from_run(run, arrays, store_url)
     except ValueError as exc:
         return dbc.Alert(f"This run has nothing to draw: {exc}", color="warning")
     return html.Div([
@@ -227,12 +253,23 @@ def _choose(search, block_click, sheet_click, run_id):
 
 
 @callback(
+    Output("anatomy-architecture", "figure"),
+    Input("anatomy-arch-view", "value"),
+    State("anatomy-run", "data"),
+    prevent_initial_call=True,
+)
+def _show_architecture(view, run_id):
+    diagram = load(run_id).summary.get("diagram") or []
+    return af.architecture_figure(diagram) if view == "3d" else af.architecture_flat_figure(diagram)
+
+
+@callback(
     Output("anatomy-head-figure", "figure"),
-    Output("anatomy-rollout", "figure"),
     Output("anatomy-index-error", "children"),
     Input("anatomy-layer", "value"),
     Input("anatomy-head", "value"),
     State("anatomy-run", "data"),
+    prevent_initial_call=True,  # head 0 of layer 0 is in the layout; a URL's head comes through _choose
 )
 def _show_head(layer, head, run_id):
     data = load(run_id)
@@ -240,28 +277,38 @@ def _show_head(layer, head, run_id):
         layer = check_index("layer", layer, data.n_layers)
         head = check_index("head", head, data.n_heads)
     except ValueError as exc:
-        return dash.no_update, dash.no_update, _alert([str(exc)])
-    kv = int(data.summary.get("n_kv_heads") or data.n_heads)
-    group = f" (key/value head {head // max(data.n_heads // kv, 1)})" if kv != data.n_heads else ""
-    head_fig = af.attention_figure(head_pattern(data, layer, head), data.tokens,
-                                   f"Attention, layer {layer}, head {head}{group}")
-    roll_fig = af.attention_figure(rollout_layer(data, layer), data.tokens, f"Attention rollout through block {layer}")
-    return head_fig, roll_fig, None
+        return dash.no_update, _alert([str(exc)])
+    return head_figure(data, layer, head), None
 
 
 @callback(
-    Output("anatomy-resid", "figure"),
-    Output("anatomy-mlp", "figure"),
+    Output("anatomy-rollout", "figure"),
+    Input("anatomy-layer", "value"),
+    State("anatomy-run", "data"),
+)
+def _show_rollout(layer, run_id):
+    """The rollout (below the head and the sheet) from its own request, so the head is not kept waiting."""
+    data = load(run_id)
+    try:
+        layer = check_index("layer", layer, data.n_layers)
+    except ValueError:
+        return dash.no_update  # _show_head says why
+    return af.attention_figure(rollout_layer(data, layer), data.tokens, f"Attention rollout through block {layer}")
+
+
+@callback(
+    Output("anatomy-resid-box", "children"),
+    Output("anatomy-mlp-box", "children"),
     Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
 )
 def _show_activations(tab, run_id):
-    if tab != "activations":  # a tab's figures are drawn when it is opened (every figure slows the page's load)
+    if tab != "activations":  # a tab's graphs are made when it is opened (every graph slows the page's load)
         return dash.no_update, dash.no_update
     data = load(run_id)
     a, tokens = data.arrays, data.tokens
-    return (af.layer_token_heatmap(a["resid_norm"], tokens, "Residual norm after each block"),
-            af.layer_token_heatmap(a["mlp_norm"], tokens, "MLP activity (output norm)"))
+    return (_graph("anatomy-resid", af.layer_token_heatmap(a["resid_norm"], tokens, "Residual norm after each block")),
+            _graph("anatomy-mlp", af.layer_token_heatmap(a["mlp_norm"], tokens, "MLP activity (output norm)")))
 
 
 @callback(
@@ -286,7 +333,7 @@ def _show_neurons(resid_click, mlp_click, run_id):
 
 
 @callback(
-    Output("anatomy-embed", "figure"),
+    Output("anatomy-embed-box", "children"),
     Output("anatomy-neighbours", "children"),
     Input("anatomy-embed-dims", "value"),
     Input("anatomy-embed-token", "value"),
@@ -307,12 +354,12 @@ def _show_embeddings(dims, row, tab, run_id):
         neighbours = parts.neighbour_table(data, check_index("token", row, rows)) if rows else None
     except ValueError as exc:
         neighbours = dbc.Alert(str(exc), color="warning")
-    return figure, neighbours
+    return _graph("anatomy-embed", figure), neighbours
 
 
 @callback(
     Output("anatomy-sal-text", "children"),
-    Output("anatomy-sal-bars", "figure"),
+    Output("anatomy-sal-bars-box", "children"),
     Input("anatomy-sal-method", "value"),
     Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
@@ -325,32 +372,37 @@ def _show_saliency(method, tab, run_id):
     if scores is None:
         return dbc.Alert("This run has no such saliency.", color="warning"), dash.no_update
     label = parts.SALIENCY_METHODS.get(method, method)
-    return parts.saliency_text(data.tokens, scores), af.saliency_figure(scores, data.tokens, f"Saliency: {label}")
+    return parts.saliency_text(data.tokens, scores), _graph("anatomy-sal-bars", af.saliency_figure(
+        scores, data.tokens, f"Saliency: {label}"))
 
 
 @callback(
-    Output("anatomy-lens", "figure"),
+    Output("anatomy-lens-box", "children"),
     Output("anatomy-lens-error", "children"),
-    Output("anatomy-lens-last", "figure"),
+    Output("anatomy-lens-last-box", "children"),
+    Output("anatomy-lens-table-box", "children"),
     Input("anatomy-lens-start", "value"),
     Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
 )
 def _show_lens(start, tab, run_id):
     if tab != "lens":
-        return dash.no_update, dash.no_update, dash.no_update
+        return dash.no_update, dash.no_update, dash.no_update, dash.no_update
     data = load(run_id)
     a = data.arrays
-    last = (af.lens_last_figure(data.summary.get("lens_labels") or [], a["lens_final_prob"], a["lens_entropy"],
-                                a["lens_kl"]) if ctx.triggered_id != "anatomy-lens-start" else dash.no_update)
+    opened = ctx.triggered_id != "anatomy-lens-start"
+    last = (_graph("anatomy-lens-last", af.lens_last_figure(data.summary.get("lens_labels") or [],
+                                                            a["lens_final_prob"], a["lens_entropy"], a["lens_kl"]))
+            if opened else dash.no_update)
+    table = parts.lens_last_table(data) if opened else dash.no_update
     try:
         start = check_index("first position", start, len(data.tokens))
     except ValueError as exc:
-        return dash.no_update, _alert([str(exc)]), last
+        return dash.no_update, _alert([str(exc)]), last, table
     ids = a["lens_ids"][:, start:start + LENS_WINDOW]
     vocab = {str(int(i)): data.vocab(int(i)) for i in np.unique(ids) if i >= 0}
-    return af.lens_figure(a["lens_ids"], a["lens_probs"], data.summary.get("lens_labels") or [], data.tokens, vocab,
-                          start, start + LENS_WINDOW), None, last
+    return _graph("anatomy-lens", af.lens_figure(a["lens_ids"], a["lens_probs"], data.summary.get("lens_labels") or [],
+                                                 data.tokens, vocab, start, start + LENS_WINDOW)), None, last, table
 
 
 @callback(
