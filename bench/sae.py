@@ -19,8 +19,10 @@ Sections (ratios are against baselines measured in the same run):
   as ``run_sae`` runs it (numpy reducers on a CPU, torch reducers on a GPU) and with the
   torch reducers (``HarvestReducers(device=...)``) on the model's device.
 * ``reducers``: per-reducer rates in non-zeros per second on recorded batches: numpy
-  top-k + histogram + stats vs the same in torch on the device, and what stays on the
-  host either way (interval samples, the CSC writer), whose rate bounds a GPU harvest.
+  top-k + histogram + stats vs the same in torch on the device, the interval samples in
+  numpy (host, on a CPU) and in torch on the device (``DeviceIntervals``, off the CPU),
+  and the CSC writer, which stays on the host (its rate bounds a GPU harvest; see also
+  ``bench/sae_host.py``).
 * ``seed``: the seed's approach on the same non-zeros (recorded once from the model):
   write every non-zero activation to shards, then concatenate them, build per-latent
   indices by sorting, and sort each latent for its top-k; vs our streaming reducers
@@ -279,6 +281,10 @@ def section_reducers(lm, args) -> None:
     the copy of the non-zeros, the interval samples and the CSC writer: their rate bounds
     a GPU harvest (tokens/s <= rate / L0).
     """
+    from latent_atlas.analyses.sae.device_intervals import (
+        DeviceIntervals,
+        supports_device_intervals,
+    )
     from latent_atlas.analyses.sae.device_reducers import DeviceReducerSet
     from latent_atlas.analyses.sae.intervals import Intervals
     from latent_atlas.analyses.sae.reducers import Histogram, LatentStats
@@ -310,6 +316,12 @@ def section_reducers(lm, args) -> None:
         for b in batches:
             part.update(b)
 
+    def device_intervals() -> None:
+        part = DeviceIntervals(d, 10, 5, device=device)
+        for latent, token, value, _ in tensors:
+            part.update_sparse(latent, token, value)
+        part.to_numpy()
+
     def csc() -> None:
         writer = CscWriter(d)
         for b in batches:
@@ -318,9 +330,11 @@ def section_reducers(lm, args) -> None:
 
     print(f"reducers on {nnz:,} recorded non-zeros ({d:,} latents, L0 {args.k}, {len(batches)} batches), "
           f"clock {args.clock}:")
-    for name, fn in (("numpy top-k + histogram + stats", numpy_set),
-                     (f"torch top-k + histogram + stats on {device}", torch_set),
-                     ("interval samples (host, numpy)", intervals), ("CSC writer incl. finish (host)", csc)):
+    rows = [("numpy top-k + histogram + stats", numpy_set), (f"torch top-k + histogram + stats on {device}", torch_set),
+            ("interval samples, numpy (host)", intervals)]
+    if supports_device_intervals(device):  # not on mps (no float64)
+        rows.append((f"interval samples, torch on {device}", device_intervals))
+    for name, fn in (*rows, ("CSC writer incl. finish (host)", csc)):
         seconds = min(_timed(fn) for _ in range(args.repeats))
         print(f"  {name:<42} {seconds:6.2f} s = {nnz / seconds / 1e6:6.2f} M non-zeros/s")
 

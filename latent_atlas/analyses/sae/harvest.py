@@ -110,7 +110,7 @@ class CscWriter:
         """``lat_ptr`` (d+1,) int64, ``lat_token`` (nnz,) int32 ascending per latent, ``lat_value`` float32.
 
         A counting sort: each record goes to its latent's cursor, in file (token) order,
-        so tokens are ascending within a latent (compiled loop, ``_scatter_kernel``).
+        so tokens are ascending within a latent (compiled, ``_scatter_kernel``).
         """
         ptr = np.zeros(self.d_sae + 1, np.int64)
         np.cumsum(self.count, out=ptr[1:])
@@ -121,9 +121,12 @@ class CscWriter:
             source = np.memmap(self.file, dtype=_RECORD, mode="r", shape=(self.nnz,))
             cursor = ptr[:-1].copy()
             scatter = _scatter_kernel()
+            shift = max(0, (self.d_sae - 1).bit_length() // 2)
+            buffer = np.empty((min(_CHUNK, self.nnz), 3), np.int32)
             for start in range(0, self.nnz, _CHUNK):
                 chunk = np.asarray(source[start:start + _CHUNK]).view(np.int32).reshape(-1, 3)
-                scatter(chunk, cursor, tokens.view(np.ndarray), values.view(np.ndarray).view(np.int32))
+                scatter(chunk, cursor, tokens.view(np.ndarray), values.view(np.ndarray).view(np.int32), shift,
+                        buffer)
             del source
         self.file.close()
         return ptr, tokens, values
@@ -131,17 +134,36 @@ class CscWriter:
 
 @cache
 def _scatter_kernel() -> Any:
-    """The compiled counting-sort scatter (numba imported on first use; releases the GIL)."""
+    """The compiled counting-sort scatter (numba imported on first use; releases the GIL).
+
+    Two stable passes, so that each writes to few places at a time (a one-pass scatter to
+    ``d_sae`` cursors misses the cache and TLB on nearly every entry): records to a buffer
+    grouped by ``latent >> shift`` (about sqrt(d) groups), then each group, in order, to
+    its latents' cursors. Stable both times, so tokens stay in file order in a latent.
+    """
     import numba
 
     @numba.njit(cache=True, nogil=True)
-    def scatter(records, cursor, tokens, value_bits):  # pragma: no cover - compiled
+    def scatter(records, cursor, tokens, value_bits, shift, buffer):  # pragma: no cover - compiled
         """records (n, 3) int32 (token, latent, value bits): each to ``cursor[latent]``, then advance it."""
-        for i in range(records.shape[0]):
-            lat = records[i, 1]
+        n = records.shape[0]
+        start = np.zeros(((cursor.size - 1) >> shift) + 2, np.int64)
+        for i in range(n):
+            start[(records[i, 1] >> shift) + 1] += 1
+        for b in range(1, start.size):
+            start[b] += start[b - 1]
+        for i in range(n):
+            b = records[i, 1] >> shift
+            at = start[b]
+            buffer[at, 0] = records[i, 0]
+            buffer[at, 1] = records[i, 1]
+            buffer[at, 2] = records[i, 2]
+            start[b] = at + 1
+        for i in range(n):
+            lat = buffer[i, 1]
             at = cursor[lat]
-            tokens[at] = records[i, 0]
-            value_bits[at] = records[i, 2]
+            tokens[at] = buffer[i, 0]
+            value_bits[at] = buffer[i, 2]
             cursor[lat] = at + 1
 
     return scatter
