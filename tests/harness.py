@@ -8,7 +8,8 @@ the ``latent-atlas`` CLI, with their own data directory, database and broker:
   Redis database on 127.0.0.1:6379, both removed/flushed afterwards.
 
 Each process logs to ``<data_dir>/logs``; ``Portal.logs()`` returns their tails
-for assertion messages.
+for assertion messages. ``started_portal`` is the fixture body most tests share:
+backend, portal, workers and users, stopped and cleaned up however the test ends.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,3 +248,53 @@ class Portal:
             time.sleep(0.25)
         raise TimeoutError(f"run {run_id} stuck at {run.get('status')} "
                            f"({run.get('stage')}):\n{self.logs()}")
+
+
+@contextmanager
+def started_portal(
+    data_dir: Path,
+    backend_name: str,
+    models: dict[str, dict[str, Any]],
+    default_model: str,
+    extra: dict[str, str] | None = None,
+    workers: int | Sequence[str] = 1,
+    users: Sequence[str] = ("alice",),
+    admins: Sequence[str] = (),
+    password: str = "correct-horse-1",
+    broker_url: str | None = None,
+) -> Iterator[Portal]:
+    """A started portal on a fresh ``backend_name`` backend, with its users' API tokens as attributes.
+
+    ``workers``: a count of default workers (every queue) started with the web
+    app, or one queue list per worker (e.g. ``("gpu,cpu", "interactive")``),
+    started in that order once the web app is healthy. ``users`` and then
+    ``admins`` are created with ``password``; each token is the portal's
+    attribute of the user's name (``portal.alice``). ``broker_url`` replaces the
+    backend's broker (a private Redis, say); the backend is still cleaned up.
+
+    Invariant: however the block ends (a failed start included), every process
+    started is stopped and then the backend is removed.
+    """
+    names = [*users, *admins]
+    backend = make_backend(backend_name, data_dir)
+    if broker_url is not None:
+        backend.broker_url = broker_url
+    live: Portal | None = None
+    try:
+        live = Portal(data_dir, backend, models, default_model, extra)
+        for name in names:
+            if not name.isidentifier() or hasattr(live, name) or names.count(name) > 1:
+                raise ValueError(f"user name {name!r} cannot be a distinct Portal attribute")
+        if isinstance(workers, int):
+            live.start(workers=workers)
+        else:
+            live.start(workers=0)
+            for queues in workers:
+                live.start_worker(queues)
+        for name in names:
+            setattr(live, name, live.create_user(name, password, admin=name in admins))
+        yield live
+    finally:
+        if live is not None:
+            live.stop()
+        backend.cleanup()

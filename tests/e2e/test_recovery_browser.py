@@ -16,7 +16,7 @@ from browser_helpers import log_in
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.support.ui import WebDriverWait
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.e2e
 
@@ -27,18 +27,11 @@ PASSWORD = "correct-horse-1"
 
 @pytest.fixture
 def portal(tmp_path, tiny_gpt2_dir):
-    backend = make_backend("sqlite", tmp_path)
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
     extra = {"ATLAS_HEARTBEAT_EVERY": "0.5", "ATLAS_STALE_AFTER": "600", "ATLAS_SWEEP_EVERY": "1",
              "ATLAS_LIMITS__MAX_PROMPTS": "2000"}
-    live = Portal(tmp_path, backend, models, "tiny-gpt2", extra)
-    try:
-        live.start()
-        live.alice = live.create_user("alice", password=PASSWORD)
+    with started_portal(tmp_path, "sqlite", models, "tiny-gpt2", extra, password=PASSWORD) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _text(driver, element_id: str) -> str:

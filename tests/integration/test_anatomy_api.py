@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -17,16 +17,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp("portal-anatomy")
-    backend = make_backend("sqlite", data_dir)
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
-    live = Portal(data_dir, backend, models, "tiny-gpt2", {"ATLAS_LIMITS__MAX_TOKENS_PER_PROMPT": "64"})
-    try:
-        live.start()
-        live.alice = live.create_user("alice")
+    with started_portal(data_dir, "sqlite", models, "tiny-gpt2",
+                        {"ATLAS_LIMITS__MAX_TOKENS_PER_PROMPT": "64"}) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def test_attention_head_and_thumbnails(portal: Portal) -> None:

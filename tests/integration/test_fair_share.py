@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import create_engine, text, update
 from sqlalchemy.orm import Session
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -37,39 +37,27 @@ FIRST = {**SHORT, "prompts": [f"p{i}" for i in range(40)], "batch_size": 1}
 DONE = {"succeeded", "failed", "cancelled"}
 
 
-def _portal(request, tmp_path_factory, tiny_gpt2_dir, prefix: str, extra: dict[str, str]):
+def _portal(request, tmp_path_factory, tiny_gpt2_dir, prefix: str, extra: dict[str, str], workers: int):
+    """A started portal (alice and bob) on the backend ``request.param``."""
     data_dir = tmp_path_factory.mktemp(f"{prefix}-{request.param}")
-    backend = make_backend(request.param, data_dir)
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
     env = {"ATLAS_HEARTBEAT_EVERY": "0.5", "ATLAS_STALE_AFTER": "600", "ATLAS_SWEEP_EVERY": "1", **extra}
-    live = Portal(data_dir, backend, models, "tiny-gpt2", env)
-    return live, backend
+    return started_portal(data_dir, request.param, models, "tiny-gpt2", env, workers=workers,
+                          users=("alice", "bob"))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def portal(request, tmp_path_factory, tiny_gpt2_dir):
-    live, backend = _portal(request, tmp_path_factory, tiny_gpt2_dir, "fair", {})
-    try:
-        live.start(workers=1)
-        live.alice = live.create_user("alice")
-        live.bob = live.create_user("bob")
+    with _portal(request, tmp_path_factory, tiny_gpt2_dir, "fair", {}, workers=1) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def fifo_portal(request, tmp_path_factory, tiny_gpt2_dir):
-    live, backend = _portal(request, tmp_path_factory, tiny_gpt2_dir, "fifo", {"ATLAS_FAIR_SHARE__ORDER": "fifo"})
-    try:
-        live.start(workers=0)  # the worker starts after the submissions, in the test
-        live.alice = live.create_user("alice")
-        live.bob = live.create_user("bob")
+    # workers=0: the worker starts after the submissions, in the test
+    with _portal(request, tmp_path_factory, tiny_gpt2_dir, "fifo", {"ATLAS_FAIR_SHARE__ORDER": "fifo"},
+                 workers=0) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _time(value: str) -> datetime:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 from latent_atlas.settings import DEMO_GGUF_FILE, DEMO_MODEL_NAME
 
 pytestmark = pytest.mark.integration
@@ -35,22 +35,15 @@ def portal(tmp_path_factory, demo_model_dir):
     for cache in ("converted", "tokenizers"):  # the repository's caches of the demo model
         (REPO_ROOT / ".atlas" / cache).mkdir(parents=True, exist_ok=True)
         (data_dir / cache).symlink_to(REPO_ROOT / ".atlas" / cache)
-    backend = make_backend("sqlite", data_dir)
     models = {DEMO_MODEL_NAME: {"source": str(demo_model_dir), "gguf_file": DEMO_GGUF_FILE}}
-    live = Portal(data_dir, backend, models, DEMO_MODEL_NAME, {
+    extra = {
         "ATLAS_INTERACTIVE__MAX_LENS_POINTS": str(LENS_BOUND),
         "ATLAS_HEARTBEAT_EVERY": "1",
         "ATLAS_SWEEP_EVERY": "2",
-    })
-    try:
-        live.start(workers=0)
-        live.start_worker("gpu,cpu")
-        live.start_worker("interactive")
-        live.alice = live.create_user("alice")
+    }
+    with started_portal(data_dir, "sqlite", models, DEMO_MODEL_NAME, extra,
+                        workers=("gpu,cpu", "interactive")) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _submit(portal: Portal, kind: str, params: dict) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, text
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 from latent_atlas.settings import GEMMA3_GGUF_FILE, GEMMA3_MODEL_NAME
 
 pytestmark = pytest.mark.integration
@@ -26,20 +26,13 @@ PARAMS = {"prompts": ["ab ab", "cd"], "max_tokens": 16}
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp("portal-catalogue")
-    backend = make_backend("sqlite", data_dir)
     models = {
         "tiny": {"source": str(tiny_gpt2_dir)},
         "huge": {"source": str(tiny_gpt2_dir), "memory_gb": 90000},
         GEMMA3_MODEL_NAME: {"source": "{data_dir}/models/gemma3-270m", "gguf_file": GEMMA3_GGUF_FILE},
     }
-    live = Portal(data_dir, backend, models, "tiny", {"ATLAS_DEVICE": "cpu"})
-    try:
-        live.start()
-        live.alice = live.create_user("alice")
+    with started_portal(data_dir, "sqlite", models, "tiny", {"ATLAS_DEVICE": "cpu"}) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _runs(portal: Portal) -> int:

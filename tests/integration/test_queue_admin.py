@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -20,18 +20,10 @@ PARAMS = {"model": "tiny-gpt2", "prompts": ["Queue order", "fair share"], "max_t
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp("portal-queue")
-    backend = make_backend("sqlite", data_dir)
-    live = Portal(data_dir, backend, {"tiny-gpt2": {"source": str(tiny_gpt2_dir)}}, "tiny-gpt2",
-                  {"ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "20"})
-    try:
-        live.start(workers=0)
-        live.alice = live.create_user("alice")
-        live.bob = live.create_user("bob")
-        live.admin = live.create_user("root", admin=True)
+    with started_portal(data_dir, "sqlite", {"tiny-gpt2": {"source": str(tiny_gpt2_dir)}}, "tiny-gpt2",
+                        {"ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "20"}, workers=0,
+                        users=("alice", "bob"), admins=("root",)) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _submit(portal: Portal, token: str, seed: int) -> str:
@@ -39,7 +31,7 @@ def _submit(portal: Portal, token: str, seed: int) -> str:
 
 
 def _queue(portal: Portal) -> list[str]:
-    answer = portal.api("GET", "/api/admin/queue", portal.admin)
+    answer = portal.api("GET", "/api/admin/queue", portal.root)
     assert answer.status_code == 200, answer.text
     return [row["id"] for row in answer.json()["runs"]]
 
@@ -84,22 +76,22 @@ def test_share_weights_and_caps_are_checked(portal):
            ({"daily_gpu_cap_s": 3600.5}, "whole number"), ({"daily_gpu_cap_s": "3600"}, "whole number"),
            ({"colour": "red"}, "colour: unknown field"), ({}, "give share_weight")]
     for body, fragment in bad:
-        answer = portal.api("PATCH", url, portal.admin, json=body)
+        answer = portal.api("PATCH", url, portal.root, json=body)
         assert answer.status_code == 400, (body, answer.text)
         assert any(fragment in m for m in answer.json()["messages"]), (body, answer.text)
-    assert portal.api("PATCH", url, portal.admin, data="[1]",
+    assert portal.api("PATCH", url, portal.root, data="[1]",
                       headers={"Content-Type": "application/json"}).status_code == 400
-    missing = portal.api("PATCH", "/api/admin/members/nobody", portal.admin, json={"share_weight": 2})
+    missing = portal.api("PATCH", "/api/admin/members/nobody", portal.root, json={"share_weight": 2})
     assert missing.status_code == 404 and "nobody" in missing.json()["error"]
 
-    changed = portal.api("PATCH", url, portal.admin, json={"share_weight": 2.5, "daily_gpu_cap_s": 3600})
+    changed = portal.api("PATCH", url, portal.root, json={"share_weight": 2.5, "daily_gpu_cap_s": 3600})
     assert changed.status_code == 200, changed.text
     assert changed.json()["share_weight"] == 2.5 and changed.json()["daily_gpu_cap_s"] == 3600
     # Only the keys given change; null lifts the cap; an integer weight is a number too.
-    lifted = portal.api("PATCH", url, portal.admin, json={"daily_gpu_cap_s": None}).json()
+    lifted = portal.api("PATCH", url, portal.root, json={"daily_gpu_cap_s": None}).json()
     assert lifted["share_weight"] == 2.5 and lifted["daily_gpu_cap_s"] is None
-    back = portal.api("PATCH", url, portal.admin, json={"share_weight": 1}).json()
-    members = {m["username"]: m for m in portal.api("GET", "/api/admin/members", portal.admin).json()["members"]}
+    back = portal.api("PATCH", url, portal.root, json={"share_weight": 1}).json()
+    members = {m["username"]: m for m in portal.api("GET", "/api/admin/members", portal.root).json()["members"]}
     assert back["share_weight"] == 1.0 and members["alice"]["share_weight"] == 1.0
     assert {"gpu_s_today", "recent_gpu_s", "queued", "running"} <= set(members["bob"])
 
@@ -110,14 +102,14 @@ def test_moves_reorder_the_plan_and_the_real_dispatch(portal, monkeypatch):
     assert set(_queue(portal)) == {a1, a2, a3, b1}  # no worker yet: everything waits
     assert _plan_order(portal, monkeypatch)[:4] == _queue(portal)
 
-    moved = portal.api("POST", f"/api/admin/queue/{a3}/move", portal.admin, json={"to": "top"})
+    moved = portal.api("POST", f"/api/admin/queue/{a3}/move", portal.root, json={"to": "top"})
     assert moved.status_code == 200 and moved.json()["moved"] is True, moved.text
     assert _queue(portal)[0] == a3
     assert _plan_order(portal, monkeypatch)[0] == a3
     assert portal.api("GET", f"/api/runs/{a3}", portal.alice).json()["queue_position"] == 1
-    again = portal.api("POST", f"/api/admin/queue/{a3}/move", portal.admin, json={"to": "top"}).json()
+    again = portal.api("POST", f"/api/admin/queue/{a3}/move", portal.root, json={"to": "top"}).json()
     assert again["moved"] is False  # already first: nothing written
-    assert portal.api("POST", f"/api/admin/queue/{a1}/move", portal.admin,
+    assert portal.api("POST", f"/api/admin/queue/{a1}/move", portal.root,
                       json={"to": "bottom"}).json()["moved"] is True
     order = _queue(portal)
     assert order[0] == a3 and order[-1] == a1 and _plan_order(portal, monkeypatch) == order
@@ -126,15 +118,15 @@ def test_moves_reorder_the_plan_and_the_real_dispatch(portal, monkeypatch):
 
     # Refusals: a member, an unknown run, a bad body; each a JSON 4xx and nothing moved.
     assert portal.api("POST", f"/api/admin/queue/{a2}/move", portal.alice, json={"to": "top"}).status_code == 403
-    assert portal.api("POST", "/api/admin/queue/nope/move", portal.admin, json={"to": "top"}).status_code == 404
+    assert portal.api("POST", "/api/admin/queue/nope/move", portal.root, json={"to": "top"}).status_code == 404
     for body in ({"to": "middle"}, {"to": 1}, {}, {"to": "top", "by": 2}):
-        answer = portal.api("POST", f"/api/admin/queue/{a2}/move", portal.admin, json=body)
+        answer = portal.api("POST", f"/api/admin/queue/{a2}/move", portal.root, json=body)
         assert answer.status_code == 400 and answer.json()["messages"], (body, answer.text)
     assert portal.api("POST", f"/api/admin/queue/{b1}/cancel", portal.alice).status_code == 403
     assert _queue(portal) == order
 
     # The admin cancels bob's run from the queue: recorded, and it leaves the queue.
-    cancelled = portal.api("POST", f"/api/admin/queue/{b1}/cancel", portal.admin)
+    cancelled = portal.api("POST", f"/api/admin/queue/{b1}/cancel", portal.root)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     assert _events(portal, b1) == [("root", "cancel", {"from": "queued", "to": "cancelled"})]
     assert b1 not in _queue(portal)
@@ -145,7 +137,7 @@ def test_moves_reorder_the_plan_and_the_real_dispatch(portal, monkeypatch):
     assert all(d["status"] == "succeeded" for d in done.values()), done
     starts = sorted(done, key=lambda r: done[r]["started_at"])
     assert starts == [a3, a2, a1]
-    refused = portal.api("POST", f"/api/admin/queue/{a2}/move", portal.admin, json={"to": "top"})
+    refused = portal.api("POST", f"/api/admin/queue/{a2}/move", portal.root, json={"to": "top"})
     assert refused.status_code == 400 and "only a queued run" in refused.json()["messages"][0]
 
 
@@ -181,7 +173,7 @@ def test_bulk_actions_are_checked_and_recorded(portal):
     missing = bulk(portal.alice, {"ids": [*mine, "nope"], "action": "cancel"})
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
-    untagged = bulk(portal.admin, {"ids": mine, "action": "remove_tag", "tag": "batch"}).json()
+    untagged = bulk(portal.root, {"ids": mine, "action": "remove_tag", "tag": "batch"}).json()
     assert untagged["changed"] == mine
     assert _events(portal, mine[0])[-1] == ("root", "tags", {"from": ["batch"], "to": []})
 

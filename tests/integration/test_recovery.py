@@ -22,7 +22,7 @@ import pytest
 import redis
 import requests
 
-from harness import Portal, free_port, make_backend
+from harness import free_port, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -65,19 +65,14 @@ class PrivateRedis:
 @pytest.fixture
 def redis_portal(tmp_path, tiny_gpt2_dir):
     server = PrivateRedis(tmp_path).start()
-    backend = make_backend("postgres", tmp_path)
-    backend.broker_url = f"redis://127.0.0.1:{server.port}/0"
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
-    live = Portal(tmp_path, backend, models, "tiny-gpt2", EXTRA)
-    live.redis = server
     try:
-        live.start()
-        live.alice = live.create_user("alice")
-        yield live
+        with started_portal(tmp_path, "postgres", models, "tiny-gpt2", EXTRA,
+                            broker_url=f"redis://127.0.0.1:{server.port}/0") as live:
+            live.redis = server
+            yield live
     finally:
-        live.stop()
         server.kill()
-        backend.cleanup()
 
 
 def test_redis_restarted_empty_every_run_ends_in_exactly_one_terminal_state(redis_portal):
@@ -110,16 +105,9 @@ def test_redis_restarted_empty_every_run_ends_in_exactly_one_terminal_state(redi
 
 @pytest.fixture
 def sqlite_portal(tmp_path, tiny_gpt2_dir):
-    backend = make_backend("sqlite", tmp_path)
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
-    live = Portal(tmp_path, backend, models, "tiny-gpt2", EXTRA)
-    try:
-        live.start()
-        live.alice = live.create_user("alice", password="correct-horse-1")
+    with started_portal(tmp_path, "sqlite", models, "tiny-gpt2", EXTRA) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def test_web_process_restarted_during_a_run_the_run_ends_and_is_served(sqlite_portal):

@@ -18,7 +18,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from harness import Portal, make_backend
+from harness import make_backend, started_portal
 from latent_atlas.client import ApiError, Atlas, RunFailed
 
 pytestmark = pytest.mark.integration
@@ -30,22 +30,14 @@ PARAMS = {"model": "tiny-gpt2", "prompts": PROMPTS, "max_tokens": 32}
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp("portal-reuse")
-    backend = make_backend("sqlite", data_dir)
     corrupt = data_dir / "corrupt-model"  # its tokenizer loads, its weights do not
     shutil.copytree(tiny_gpt2_dir, corrupt)
     for weights in corrupt.glob("*.safetensors"):
         weights.write_bytes(b"not a safetensors file")
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir)}, "corrupt": {"source": str(corrupt)}}
-    live = Portal(data_dir, backend, models, "tiny-gpt2",
-                  {"ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "20"})
-    try:
-        live.start()
-        live.alice = live.create_user("alice")
-        live.bob = live.create_user("bob")
+    with started_portal(data_dir, "sqlite", models, "tiny-gpt2",
+                        {"ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "20"}, users=("alice", "bob")) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,6 @@ SLOW_PROMPTS = [f"p{i}" for i in range(1500)]  # <= 5 byte-level tokens each
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def portal(request, tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp(f"portal-{request.param}")
-    backend = make_backend(request.param, data_dir)
     corrupt = data_dir / "corrupt-model"  # its tokenizer loads, its weights do not
     shutil.copytree(tiny_gpt2_dir, corrupt)
     for weights in corrupt.glob("*.safetensors"):
@@ -51,15 +50,8 @@ def portal(request, tmp_path_factory, tiny_gpt2_dir):
         "ATLAS_LIMITS__MAX_PROMPTS": "2000",
         "ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "50",
     }
-    live = Portal(data_dir, backend, models, "tiny-gpt2", extra)
-    try:
-        live.start()
-        live.alice = live.create_user("alice")
-        live.bob = live.create_user("bob")
+    with started_portal(data_dir, request.param, models, "tiny-gpt2", extra, users=("alice", "bob")) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _params(prompts=PROMPTS, **over):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, text
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -21,18 +21,10 @@ PARAMS = {"model": "tiny-gpt2", "prompts": ["Shared files", "between runs"], "ma
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp("portal-manage")
-    backend = make_backend("sqlite", data_dir)
-    live = Portal(data_dir, backend, {"tiny-gpt2": {"source": str(tiny_gpt2_dir)}}, "tiny-gpt2",
-                  {"ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "20"})
-    try:
-        live.start()
-        live.alice = live.create_user("alice")
-        live.bob = live.create_user("bob")
-        live.admin = live.create_user("root", admin=True)
+    with started_portal(data_dir, "sqlite", {"tiny-gpt2": {"source": str(tiny_gpt2_dir)}}, "tiny-gpt2",
+                        {"ATLAS_LIMITS__MAX_CONCURRENT_RUNS_PER_USER": "20"},
+                        users=("alice", "bob"), admins=("root",)) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _done(portal: Portal, params: dict) -> dict:
@@ -66,7 +58,7 @@ def test_rename_tags_and_note_are_recorded(portal):
     # The same values again change nothing and record nothing; an admin may change it, bob may not.
     again = _patch(portal, portal.alice, run["id"], {"title": "capitals", "tags": ["demo", "pca"]}).json()
     assert len(again["events"]) == 3
-    by_admin = _patch(portal, portal.admin, run["id"], {"title": "capitals v2"}).json()
+    by_admin = _patch(portal, portal.root, run["id"], {"title": "capitals v2"}).json()
     assert by_admin["events"][-1]["user"] == "root" and by_admin["title"] == "capitals v2"
     refused = _patch(portal, portal.bob, run["id"], {"title": "mine now"})
     assert refused.status_code == 403 and "owner or an admin" in refused.json()["error"]
@@ -135,7 +127,7 @@ def test_delete_removes_files_no_run_refers_to(portal, monkeypatch):
     assert _patch(portal, portal.alice, first["id"], {"title": "back"}).status_code == 400
 
     # By an admin; afterwards an identical submission is not handed a deleted run.
-    assert portal.api("DELETE", f"/api/runs/{second['id']}", portal.admin).status_code == 200
+    assert portal.api("DELETE", f"/api/runs/{second['id']}", portal.root).status_code == 200
     remaining = _uris(portal)
     assert all((store / uri).exists() == (uri in remaining) for uri in first_files | second_files)
     fresh = portal.api("POST", "/api/runs", portal.alice, json={"kind": "geometry", "params": PARAMS})

@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from harness import Portal, make_backend
+from harness import started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +33,8 @@ def portal(tmp_path_factory, tiny_llama_dir):
         "\n".join(" ".join(rng.choice(["red", "fox", "runs", "over", "the", "hill", "at", "dawn"])
                            for _ in range(20)) for _ in range(300)))
     models = {"tiny-llama": {"source": str(tiny_llama_dir), "description": "tiny random Llama"}}
-    live = Portal(data_dir, make_backend("sqlite", data_dir), models, "tiny-llama")
-    try:
-        live.start()
-        live.token = live.create_user("trainer")
+    with started_portal(data_dir, "sqlite", models, "tiny-llama", users=("trainer",)) as live:
         yield live
-    finally:
-        live.stop()
-        live.backend.cleanup()
 
 
 @pytest.mark.parametrize(("overrides", "fragment"), [
@@ -50,16 +44,16 @@ def portal(tmp_path_factory, tiny_llama_dir):
     ({"corpus": {"kind": "file", "file": "../secret_key"}}, "String should match pattern"),
 ])
 def test_bad_params_are_refused_and_nothing_is_queued(portal, overrides, fragment):
-    before = len(portal.api("GET", "/api/runs", portal.token).json()["runs"])
-    response = portal.api("POST", "/api/runs", portal.token, json={"kind": "sae_train", "params": {**PARAMS, **overrides}})
+    before = len(portal.api("GET", "/api/runs", portal.trainer).json()["runs"])
+    response = portal.api("POST", "/api/runs", portal.trainer, json={"kind": "sae_train", "params": {**PARAMS, **overrides}})
     assert response.status_code == 400, response.text
     assert any(fragment in message for message in response.json()["messages"]), response.json()
-    assert len(portal.api("GET", "/api/runs", portal.token).json()["runs"]) == before
+    assert len(portal.api("GET", "/api/runs", portal.trainer).json()["runs"]) == before
 
 
 def test_trained_sae_is_stored_and_loads(portal, monkeypatch):
-    run = portal.submit(portal.token, PARAMS, kind="sae_train")
-    done = portal.wait_for(run["id"], portal.token, {"succeeded", "failed"}, timeout=300)
+    run = portal.submit(portal.trainer, PARAMS, kind="sae_train")
+    done = portal.wait_for(run["id"], portal.trainer, {"succeeded", "failed"}, timeout=300)
     assert done["status"] == "succeeded", (done.get("error"), portal.logs())
     summary = done["summary"]
     assert summary["hook_name"] == "blocks.1.hook_resid_post" and summary["steps"] == 3_000 // 256
@@ -67,11 +61,11 @@ def test_trained_sae_is_stored_and_loads(portal, monkeypatch):
     names = {a["name"] for a in done["artifacts"]}
     assert {"loss_step", "loss_value", "loss_mse", "sae__W_enc", "sae__W_dec", "sae__b_enc", "sae__b_dec"} <= names
 
-    response = portal.api("GET", f"/api/runs/{run['id']}/sae.zip", portal.token)
+    response = portal.api("GET", f"/api/runs/{run['id']}/sae.zip", portal.trainer)
     assert response.status_code == 200 and response.headers["Content-Type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
         assert sorted(archive.namelist()) == ["sae/cfg.json", "sae/sae_weights.safetensors"]
-    missing = portal.api("GET", "/api/runs/nosuchrun/sae.zip", portal.token)
+    missing = portal.api("GET", "/api/runs/nosuchrun/sae.zip", portal.trainer)
     assert missing.status_code == 404 and "error" in missing.json()
 
     for key, value in portal.env.items():
@@ -107,17 +101,17 @@ def test_trained_sae_is_stored_and_loads(portal, monkeypatch):
 
 
 def _refused(portal, params, fragment):
-    before = len(portal.api("GET", "/api/runs", portal.token).json()["runs"])
-    response = portal.api("POST", "/api/runs", portal.token, json={"kind": "sae", "params": params})
+    before = len(portal.api("GET", "/api/runs", portal.trainer).json()["runs"])
+    response = portal.api("POST", "/api/runs", portal.trainer, json={"kind": "sae", "params": params})
     assert response.status_code == 400, response.text
     assert any(fragment in message for message in response.json()["messages"]), response.json()
-    assert len(portal.api("GET", "/api/runs", portal.token).json()["runs"]) == before
+    assert len(portal.api("GET", "/api/runs", portal.trainer).json()["runs"]) == before
 
 
 def test_a_harvest_of_the_trained_sae_is_checked_before_queueing_and_runs(portal):
     """The offline path a new user takes: train an SAE, then harvest it by the training run's ID."""
-    trained = portal.submit(portal.token, PARAMS, kind="sae_train")
-    done = portal.wait_for(trained["id"], portal.token, {"succeeded", "failed"}, timeout=300)
+    trained = portal.submit(portal.trainer, PARAMS, kind="sae_train")
+    done = portal.wait_for(trained["id"], portal.trainer, {"succeeded", "failed"}, timeout=300)
     assert done["status"] == "succeeded", (done.get("error"), portal.logs())
     harvest = {"model": "tiny-llama", "sae": {"kind": "run", "run_id": trained["id"]},
                "corpus": {"kind": "prompts", "prompts": ["red fox runs over the hill at dawn"] * 8},
@@ -125,8 +119,8 @@ def test_a_harvest_of_the_trained_sae_is_checked_before_queueing_and_runs(portal
                "umap_neighbors": 4, "batch_tokens": 64}
     _refused(portal, {**harvest, "sae": {"kind": "run", "run_id": "nosuchrun"}}, "there is no run nosuchrun")
 
-    run = portal.submit(portal.token, harvest, kind="sae")
-    finished = portal.wait_for(run["id"], portal.token, {"succeeded", "failed"}, timeout=300)
+    run = portal.submit(portal.trainer, harvest, kind="sae")
+    finished = portal.wait_for(run["id"], portal.trainer, {"succeeded", "failed"}, timeout=300)
     assert finished["status"] == "succeeded", (finished.get("error"), portal.logs())
     assert finished["summary"]["d_sae"] == 32 and finished["summary"]["hook_layer"] == 1
     # A harvest is not a source of SAEs: refused before queueing, naming why.

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -21,17 +21,11 @@ A, B = "The capital of France is", "The capital of Spain is"
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_gpt2_dir, tiny_llama_dir):
     data_dir = tmp_path_factory.mktemp("portal-scan")
-    backend = make_backend("sqlite", data_dir)
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"},
               "tiny-llama": {"source": str(tiny_llama_dir), "description": "tiny random Llama"}}
-    live = Portal(data_dir, backend, models, "tiny-gpt2", {"ATLAS_LIMITS__MAX_TOKENS_PER_PROMPT": "64"})
-    try:
-        live.start()
-        live.alice = live.create_user("alice")
+    with started_portal(data_dir, "sqlite", models, "tiny-gpt2",
+                        {"ATLAS_LIMITS__MAX_TOKENS_PER_PROMPT": "64"}) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _runs(portal: Portal) -> int:

@@ -14,7 +14,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -24,17 +24,11 @@ PASSWORD = "correct-horse-1"
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp("portal-security")
-    backend = make_backend("sqlite", data_dir)
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
-    live = Portal(data_dir, backend, models, "tiny-gpt2", {"ATLAS_LOGIN_RATE_LIMIT": "10 per hour"})
-    try:
-        live.start(workers=0)  # no Celery worker: nothing here needs a run to execute
-        live.token = live.create_user("alice", PASSWORD)
-        live.create_user("target", PASSWORD)
+    # workers=0: no Celery worker, nothing here needs a run to execute
+    with started_portal(data_dir, "sqlite", models, "tiny-gpt2", {"ATLAS_LOGIN_RATE_LIMIT": "10 per hour"},
+                        workers=0, users=("alice", "target"), password=PASSWORD) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _log_in(portal: Portal, session: requests.Session, username: str, password: str) -> int:
@@ -51,7 +45,7 @@ def test_a_chunked_body_over_the_limit_is_a_json_413(portal):
             yield b"x" * 2**20
         yield b'"]}}'
 
-    response = portal.api("POST", "/api/runs", portal.token, data=body(),
+    response = portal.api("POST", "/api/runs", portal.alice, data=body(),
                           headers={"Content-Type": "application/json"})
     assert response.request.headers.get("Transfer-Encoding") == "chunked"
     assert response.status_code == 413, response.text[:300]
@@ -73,7 +67,7 @@ def test_the_login_limit_holds_across_gunicorn_workers(portal):
 
 
 def test_a_cross_origin_write_with_the_session_cookie_is_refused(portal):
-    run = portal.submit(portal.token, {"model": "tiny-gpt2", "prompts": ["hello there"]})
+    run = portal.submit(portal.alice, {"model": "tiny-gpt2", "prompts": ["hello there"]})
     with requests.Session() as browser:
         assert _log_in(portal, browser, "alice", PASSWORD) == 302
         cancel = f"{portal.url}/api/runs/{run['id']}/cancel"
@@ -83,7 +77,7 @@ def test_a_cross_origin_write_with_the_session_cookie_is_refused(portal):
         assert refused.status_code == 403, refused.text
         form = browser.post(cancel, timeout=30, data={"a": "b"})
         assert form.status_code == 403
-        assert portal.api("GET", f"/api/runs/{run['id']}", portal.token).json()["status"] == "queued"
+        assert portal.api("GET", f"/api/runs/{run['id']}", portal.alice).json()["status"] == "queued"
         page = browser.get(portal.url + "/runs", timeout=30)
         assert page.headers["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]

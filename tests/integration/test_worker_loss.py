@@ -18,7 +18,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from harness import Portal, make_backend
+from harness import Portal, started_portal
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,11 @@ SLOW = {"model": "tiny-gpt2", "prompts": [f"p{i}" for i in range(300)], "batch_s
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def portal(request, tmp_path_factory, tiny_gpt2_dir):
     data_dir = tmp_path_factory.mktemp(f"loss-{request.param}")
-    backend = make_backend(request.param, data_dir)
     models = {"tiny-gpt2": {"source": str(tiny_gpt2_dir), "description": "tiny random GPT-2"}}
     extra = {"ATLAS_HEARTBEAT_EVERY": "0.5", "ATLAS_STALE_AFTER": str(STALE_AFTER),
              "ATLAS_SWEEP_EVERY": "1", "ATLAS_LIMITS__MAX_PROMPTS": "2000"}
-    live = Portal(data_dir, backend, models, "tiny-gpt2", extra)
-    try:
-        live.start()
-        live.alice = live.create_user("alice")
+    with started_portal(data_dir, request.param, models, "tiny-gpt2", extra) as live:
         yield live
-    finally:
-        live.stop()
-        backend.cleanup()
 
 
 def _time(value: str) -> datetime:
