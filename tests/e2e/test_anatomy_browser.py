@@ -129,6 +129,13 @@ def test_anatomy_run_page(live_portal, browser, artifacts_dir) -> None:
     """)
     _wait_title(driver, portal, artifacts_dir, "Attention, layer 1, head 1", "block-3d")
 
+    # The rollout, drawn on request, through the chosen layer (1).
+    _click(driver, driver.find_element(By.ID, "anatomy-rollout-show"))
+    rollout_title = ("const g = document.querySelector('#anatomy-rollout .js-plotly-plot');"
+                     "return g && g.layout && g.layout.title ? g.layout.title.text : null;")
+    WebDriverWait(driver, 60, poll_frequency=0.3).until(
+        lambda d: d.execute_script(rollout_title) == "Attention rollout through block 1")
+
     # The saliency of the first token.
     _click(driver, driver.find_element(By.LINK_TEXT, "Saliency"))
     first = WebDriverWait(driver, 30).until(

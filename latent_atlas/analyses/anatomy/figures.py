@@ -17,15 +17,18 @@ The notebook (``latent_atlas.notebook``) and the portal's view
 * attention values travel as uint16 basis points (1 bp = 0.0001, so 10000 =
   probability 1): a 512 x 512 head is 512 KiB as a base64 typed array instead
   of ~2 MB of JSON floats, and hover reads ``... bp``;
-* the thumbnail sheet is one uint8 heatmap of L x H tiles (tile (layer, head)
-  covers x in [head, head + 1), y in [layer, layer + 1)), so a click's x and
-  y floor to the head and the layer (``sheet_cell``).
+* the thumbnail sheet is one greyscale PNG image of L x H tiles (tile
+  (layer, head) covers x in [head, head + 1), y in [layer, layer + 1)), so a
+  click's x and y floor to the head and the layer (``sheet_cell``).
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import math
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -203,7 +206,9 @@ def architecture_flat_figure(parts: Sequence[Mapping[str, Any]], title: str = "A
     Each box shows its front, top and right faces (three shades of its
     colour); boxes of successive levels are separated by a gap taller than a
     box's projected depth, so no face hides another and the faces can be
-    grouped by colour and shade into a few filled traces. The ``blocks`` trace
+    grouped by colour and shade into a few path shapes (a later colour drawn
+    over an earlier one: a block's MLP box over its attention box's side
+    face, if they ever meet). The ``blocks`` trace
     (a transparent marker at each box's centre; the nearest one answers)
     carries ``customdata`` = the layer and the hover text, so hovering or
     clicking a box works as on the 3D diagram; ``heads`` marks each query head
@@ -212,12 +217,11 @@ def architecture_flat_figure(parts: Sequence[Mapping[str, Any]], title: str = "A
     boxes, heads = diagram_boxes(parts)
     deepest = max([b["d"] for b in boxes] or [1.0])
     kx, ky = OBLIQUE[0] / deepest, OBLIQUE[1] / deepest
-    faces: dict[tuple[str, str], tuple[list[float | None], list[float | None]]] = {}
+    paths: dict[tuple[str, str], list[str]] = {}
 
     def add(colour: str, face: str, points: list[tuple[float, float]]) -> None:
-        xs, ys = faces.setdefault((colour, face), ([], []))
-        xs.extend([p[0] for p in points] + [points[0][0], None])
-        ys.extend([p[1] for p in points] + [points[0][1], None])
+        paths.setdefault((colour, face), []).append(
+            "M" + "L".join(f"{x:.4f},{y:.4f}" for x, y in points) + "Z")
 
     for b in boxes:
         x0, x1 = b["x"] - b["w"] / 2, b["x"] + b["w"] / 2
@@ -226,12 +230,11 @@ def architecture_flat_figure(parts: Sequence[Mapping[str, Any]], title: str = "A
         add(b["colour"], "front", [(x0, z0), (x1, z0), (x1, z1), (x0, z1)])
         add(b["colour"], "top", [(x0, z1), (x1, z1), (x1 + dx, z1 + dz), (x0 + dx, z1 + dz)])
         add(b["colour"], "side", [(x1, z0), (x1 + dx, z0 + dz), (x1 + dx, z1 + dz), (x1, z1)])
-    fig = go.Figure()
     shades = {"front": 1.0, "top": 1.35, "side": 0.7}
-    for (colour, face), (xs, ys) in faces.items():
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", fill="toself", fillcolor=_shade(colour, shades[face]),
-                                 line={"color": _shade(colour, 0.55), "width": 0.6}, hoverinfo="skip",
-                                 showlegend=False, name=face))
+    # faces as one path shape per colour and shade: a shape is one SVG path, far cheaper to draw than a trace
+    fig = go.Figure(layout={"shapes": [
+        {"type": "path", "path": "".join(faces), "fillcolor": _shade(colour, shades[face]), "layer": "below",
+         "line": {"color": _shade(colour, 0.55), "width": 0.6}} for (colour, face), faces in paths.items()]})
     fig.add_trace(go.Scatter(x=[b["x"] for b in boxes], y=[b["z"] + b["h"] / 2 for b in boxes], mode="markers",
                              customdata=[b["layer"] for b in boxes], text=[b["text"] for b in boxes],
                              hovertemplate="%{text}<extra></extra>", name="blocks",
@@ -293,15 +296,32 @@ def sheet_cell(x: float, y: float, n_layers: int, n_heads: int) -> tuple[int, in
     return None
 
 
+def grey_png(values: np.ndarray) -> str:
+    """A (rows, cols) uint8 array as a greyscale PNG data URI (0 white, 255 black), written with zlib alone."""
+    pixels = 255 - np.ascontiguousarray(values, dtype=np.uint8)
+    rows, cols = pixels.shape
+    raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(rows))  # filter type 0 on every row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", cols, rows, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def thumbnail_sheet(thumbs: np.ndarray, n_layers: int, n_heads: int, title: str = "Every layer × head") -> go.Figure:
-    """L x H tiles of (s, s) uint8 thumbnails in one heatmap (layer 0 at the top)."""
+    """L x H tiles of (s, s) uint8 thumbnails as one greyscale image (layer 0 at the top).
+
+    An image, not a heatmap: the browser decodes a PNG instead of Plotly
+    colouring every cell (30 x 9 tiles of 32 x 32: 276k cells). Pixel (i, j)
+    is centred at ((j + 0.5) / s, (i + 0.5) / s), so a click's x and y floor
+    to the head and the layer (``sheet_cell``).
+    """
     s = thumbs.shape[-1]
     sheet = thumbs.reshape(n_layers, n_heads, s, s).transpose(0, 2, 1, 3).reshape(n_layers * s, n_heads * s)
-    coords_x = (np.arange(n_heads * s) + 0.5) / s
-    coords_y = (np.arange(n_layers * s) + 0.5) / s
-    fig = go.Figure(go.Heatmap(z=sheet, x=coords_x.astype(np.float32), y=coords_y.astype(np.float32),
-                               colorscale="Greys", reversescale=False, zmin=0, zmax=255, showscale=False, zsmooth="fast",
-                               hovertemplate="click to enlarge<extra></extra>"))
+    fig = go.Figure(go.Image(source=grey_png(sheet), x0=0.5 / s, dx=1 / s, y0=0.5 / s, dy=1 / s,
+                             hovertemplate="click to enlarge<extra></extra>"))
     # the tile borders as one path shape (one SVG element, not one shape per line)
     path = "".join(f"M{h},0L{h},{n_layers}" for h in range(1, n_heads))
     path += "".join(f"M0,{layer}L{n_heads},{layer}" for layer in range(1, n_layers))

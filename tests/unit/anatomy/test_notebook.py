@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import plotly.io as pio
@@ -36,7 +39,7 @@ def test_plot_functions(tiny_llama: LanguageModel) -> None:
         notebook.plot_attention(lm, TEXT, layer=3, head=0)
     with pytest.raises(ValueError, match=r"head 4 is out of range \(0..3\)"):
         notebook.plot_attention(lm, TEXT, layer=0, head=4)
-    assert notebook.plot_attention_heads(lm, TEXT).data[0].z.shape == (3 * len(TEXT), 4 * len(TEXT))
+    assert _png_pixels(notebook.plot_attention_heads(lm, TEXT).data[0].source).shape == (3 * len(TEXT), 4 * len(TEXT))
     assert notebook.plot_rollout(lm, TEXT).data[0].type == "heatmap"
     assert notebook.plot_token_activations(lm, TEXT, "mlp").data[0].z.shape == (3, len(TEXT))
     assert len(notebook.plot_token_embeddings(lm, TEXT, dims=3, sample=50).data) == 2
@@ -74,6 +77,33 @@ def test_attention_payload_is_compact() -> None:
     assert z["dtype"] == "u2"
 
 
+def _png_pixels(uri: str) -> np.ndarray:
+    """The pixels of a greyscale PNG data URI (figures.grey_png writes filter type 0 rows, one IDAT)."""
+    png = base64.b64decode(uri.removeprefix("data:image/png;base64,"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height, depth, colour = struct.unpack(">IIBB", png[16:26])
+    assert (depth, colour) == (8, 0)
+    size = struct.unpack(">I", png[33:37])[0]
+    assert png[37:41] == b"IDAT"
+    rows = np.frombuffer(zlib.decompress(png[41:41 + size]), np.uint8).reshape(height, width + 1)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:]
+
+
+def test_thumbnail_sheet_is_one_png_with_tiles_in_place() -> None:
+    rng = np.random.default_rng(1)
+    thumbs = rng.integers(0, 256, (3 * 4, 5, 5), dtype=np.uint8)  # 3 layers x 4 heads of 5 x 5
+    trace = figures.thumbnail_sheet(thumbs, 3, 4).data[0]
+    assert trace.type == "image"
+    pixels = 255 - _png_pixels(trace.source)  # 255 (strongest) is drawn black
+    assert pixels.shape == (15, 20)
+    for layer, head in [(0, 0), (2, 3), (1, 2)]:  # tile (layer, head) at rows layer*5.., columns head*5..
+        np.testing.assert_array_equal(pixels[layer * 5:(layer + 1) * 5, head * 5:(head + 1) * 5], thumbs[layer * 4 + head])
+    # pixel centres: a click anywhere in tile (2, 3) floors to it
+    assert figures.sheet_cell(trace.x0 + 19 * trace.dx, trace.y0 + 14 * trace.dy, 3, 4) == (2, 3)
+    assert figures.sheet_cell(trace.x0, trace.y0, 3, 4) == (0, 0)
+
+
 def test_sheet_cell() -> None:
     assert figures.sheet_cell(2.99, 0.01, 3, 4) == (0, 2)
     assert figures.sheet_cell(4.0, 0.5, 3, 4) is None
@@ -109,6 +139,7 @@ def test_flat_architecture_has_the_3d_blocks_without_webgl() -> None:
     assert flat_blocks["text"] == solid_blocks["text"] and "&lt;emb&gt;" in flat_blocks["text"][0]
     heads = next(t for t in flat["data"] if t["name"] == "heads")
     assert heads["customdata"] == [layer for layer in range(3) for _ in range(4)]
-    # each box is three closed faces (front, top, side), each a filled polygon ended by a gap
-    faces = [t for t in flat["data"] if t.get("fill") == "toself"]
-    assert sum(t["x"].count(None) for t in faces) == 3 * len(flat_blocks["customdata"])
+    # each box is three closed faces (front, top, side), drawn as path shapes, one per colour and shade
+    paths = [shape["path"] for shape in flat["layout"]["shapes"]]
+    assert sum(path.count("Z") for path in paths) == 3 * len(flat_blocks["customdata"])
+    assert len(paths) == 4 * 3  # 4 colours (embedding, attention, MLP, final norm) x 3 shades

@@ -142,3 +142,17 @@ def test_parameter_tree_draws_identical_blocks_once():
     text = str(parameter_tree(root))
     assert "layers.0 … layers.3" in text and "× 4 = 40" in text and "80.00%" in text
     assert "layers.1" not in text  # drawn once, not four times
+
+
+def test_first_view_figures_are_built_once_per_run(stored) -> None:
+    from webapp.views.anatomy import first_view
+
+    _, data, _, _ = stored
+    first = first_view.first_figures(data)
+    assert first_view.first_figures(data) is first  # cached: a run's data never changes
+    diagram, sheet, head = first
+    assert [t["name"] for t in diagram["data"]][-2:] == ["blocks", "heads"]
+    assert sheet["data"][0]["type"] == "image" and head["layout"]["title"]["text"].startswith("Attention, layer 0, head 0")
+    other = ad.AnatomyData("another", data.summary, data.arrays, data.uris, data.store_url)
+    assert first_view.first_figures(other) is not first
+    first_view.warm_up()  # builds and serialises a tiny figure of each kind without error

@@ -8,11 +8,14 @@ rollout), token activations (click a cell: that token's top MLP neurons),
 embeddings, saliency and the logit lens.
 
 What is drawn at load is what the page needs first, all in the layout (no
-callback round trip): the diagram, the thumbnail sheet and head 0 of layer 0
-(a URL's head replaces it through ``_choose``); the rollout, below them, comes
-from its own callback. A hidden tab's graphs are not in the layout at all (an empty
-``dcc.Graph`` is still a Plotly plot to build): its callback puts them in the
-tab's ``...-box`` container when the tab is opened.
+callback round trip; built once per run, ``first_view``): the diagram, the
+thumbnail sheet and head 0 of layer 0 (a URL's head replaces it through
+``_choose``). The rollout, below them, is drawn on request ("Draw the
+rollout", then it follows the layer): drawn at load, its reply arrived just
+as the visible figures were done and kept the page busy for another second.
+A hidden tab's graphs are not in the layout at all (an empty ``dcc.Graph``
+is still a Plotly plot to build): its callback puts them in the tab's
+``...-box`` container when the tab is opened.
 
 Invariants:
 
@@ -43,15 +46,16 @@ from webapp.views.anatomy.data import (
     AnatomyData,
     check_index,
     from_run,
-    head_pattern,
     load,
     parse_query,
     rollout_layer,
 )
 from webapp.views.anatomy.export import html_bundle_zip
+from webapp.views.anatomy.first_view import first_figures, head_figure, start_warm_up
 
 LENS_WINDOW = 32
 GRAPH_CONFIG = {"displaylogo": False}
+start_warm_up()  # a web worker's first anatomy page should not pay Plotly's one-time costs
 
 
 def _graph(ident: str, figure: Any = None, **kwargs: Any) -> dcc.Graph:
@@ -68,14 +72,6 @@ def _index_input(ident: str, label: str, high: int) -> Any:
 def _box(ident: str) -> html.Div:
     """Where a hidden tab's graph ``ident`` goes once its tab is opened (``ident``-box)."""
     return html.Div(html.P("Drawn when this tab is opened.", className="text-muted small"), id=f"{ident}-box")
-
-
-def head_figure(data: AnatomyData, layer: int, head: int) -> Any:
-    """One head's heatmap, titled with its layer, head and (grouped-query attention) key/value head."""
-    kv = int(data.summary.get("n_kv_heads") or data.n_heads)
-    group = f" (key/value head {head // max(data.n_heads // kv, 1)})" if kv != data.n_heads else ""
-    return af.attention_figure(head_pattern(data, layer, head), data.tokens,
-                               f"Attention, layer {layer}, head {head}{group}")
 
 
 def _model_section(data: AnatomyData) -> Any:
@@ -95,7 +91,7 @@ def _model_section(data: AnatomyData) -> Any:
                                             options=[{"label": "flat", "value": "flat"},
                                                      {"label": "3D (rotate)", "value": "3d"}],
                                             class_name="small"), width="auto")]),
-                 _graph("anatomy-architecture", af.architecture_flat_figure(s.get("diagram") or []))], lg=7),
+                 _graph("anatomy-architecture", first_figures(data)[0])], lg=7),
     ])
 
 
@@ -126,15 +122,16 @@ def _attention_tab(data: AnatomyData) -> Any:
         html.Div(id="anatomy-url-error"),
         html.Div(id="anatomy-index-error"),
         dbc.Row([
-            dbc.Col(dcc.Loading(_graph("anatomy-head-figure", head_figure(data, 0, 0))), lg=7),
+            dbc.Col(dcc.Loading(_graph("anatomy-head-figure", first_figures(data)[2])), lg=7),
             dbc.Col([html.P("Every layer × head (pooled; shade = √(value ÷ that head’s maximum)); click one to enlarge it.",
                             className="text-muted small mb-1"),
-                     _graph("anatomy-sheet", af.thumbnail_sheet(data.arrays["attention_thumbs"],
-                                                                data.n_layers, data.n_heads))], lg=5),
+                     _graph("anatomy-sheet", first_figures(data)[1])], lg=5),
         ]),
-        html.P("Attention rollout (Abnar & Zuidema 2020): head-mean attention plus the residual, "
-               "multiplied through the layers up to the chosen one.", className="text-muted small mt-3 mb-1"),
-        dcc.Loading(_graph("anatomy-rollout")),
+        html.P(["Attention rollout (Abnar & Zuidema 2020): head-mean attention plus the residual, "
+                "multiplied through the layers up to the chosen one. ",
+                dbc.Button("Draw the rollout", id="anatomy-rollout-show", n_clicks=0, size="sm", color="secondary",
+                           outline=True, class_name="ms-1")], className="text-muted small mt-3 mb-1"),
+        dcc.Loading(html.Div(id="anatomy-rollout-box")),
     ])
 
 
@@ -282,18 +279,23 @@ def _show_head(layer, head, run_id):
 
 
 @callback(
-    Output("anatomy-rollout", "figure"),
+    Output("anatomy-rollout-box", "children"),
     Input("anatomy-layer", "value"),
+    Input("anatomy-rollout-show", "n_clicks"),
     State("anatomy-run", "data"),
+    prevent_initial_call=True,
 )
-def _show_rollout(layer, run_id):
-    """The rollout (below the head and the sheet) from its own request, so the head is not kept waiting."""
+def _show_rollout(layer, shown, run_id):
+    """The rollout through the chosen layer, once asked for (then it follows the layer)."""
+    if not shown:
+        return dash.no_update
     data = load(run_id)
     try:
         layer = check_index("layer", layer, data.n_layers)
     except ValueError:
         return dash.no_update  # _show_head says why
-    return af.attention_figure(rollout_layer(data, layer), data.tokens, f"Attention rollout through block {layer}")
+    return _graph("anatomy-rollout", af.attention_figure(rollout_layer(data, layer), data.tokens,
+                                                         f"Attention rollout through block {layer}"))
 
 
 @callback(
@@ -301,6 +303,7 @@ def _show_rollout(layer, run_id):
     Output("anatomy-mlp-box", "children"),
     Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
+    prevent_initial_call=True,  # the page opens on the attention tab: nothing to draw here yet
 )
 def _show_activations(tab, run_id):
     if tab != "activations":  # a tab's graphs are made when it is opened (every graph slows the page's load)
@@ -339,6 +342,7 @@ def _show_neurons(resid_click, mlp_click, run_id):
     Input("anatomy-embed-token", "value"),
     Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
+    prevent_initial_call=True,  # the page opens on the attention tab: nothing to draw here yet
 )
 def _show_embeddings(dims, row, tab, run_id):
     if tab != "embeddings":
@@ -363,6 +367,7 @@ def _show_embeddings(dims, row, tab, run_id):
     Input("anatomy-sal-method", "value"),
     Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
+    prevent_initial_call=True,  # the page opens on the attention tab: nothing to draw here yet
 )
 def _show_saliency(method, tab, run_id):
     if tab != "saliency":
@@ -384,6 +389,7 @@ def _show_saliency(method, tab, run_id):
     Input("anatomy-lens-start", "value"),
     Input("anatomy-tabs", "active_tab"),
     State("anatomy-run", "data"),
+    prevent_initial_call=True,  # the page opens on the attention tab: nothing to draw here yet
 )
 def _show_lens(start, tab, run_id):
     if tab != "lens":
