@@ -4,7 +4,7 @@ Usage::
 
     python bench/sae_host.py [--d-sae 16384] [--k 64] [--batch-tokens 4096,16384] [--tokens 65536]
                              [--d-in 576] [--floor-tokens 8192] [--clock cpu|wall] [--repeats 2]
-                             [--device cpu|cuda]
+                             [--cofire-latents 4096] [--device cpu|cuda]
 
 On a GPU the forward, ``sae.encode`` and the torch reducers run on the device, and the
 host does, per batch, in one worker thread overlapped with the device: what the
@@ -24,6 +24,10 @@ harvest's tokens/s whatever the device's speed:
 * the floor: ``sae.encode`` alone (a random sae-lens TopKSAE ``--d-in`` -> ``--d-sae``)
   on this CPU over the same tokens; the real floor adds the forward to the hook, so
   this is an upper bound of the CPU floor's tokens/s.
+
+Last, ``DeviceCoFiring`` on one batch of the first ``--batch-tokens`` with
+``--cofire-latents`` latents: the dense matmuls vs the scatter-added pairs (and
+``auto``'s pick), on ``--device``.
 
 Ratios are against the floor measured in the same run. ``--clock cpu`` (process CPU
 seconds, all threads) is the work, robust to a machine shared with other jobs.
@@ -198,6 +202,31 @@ def section(args: argparse.Namespace, batch: int, floor_rate: float) -> None:
           f"after): before {n / before:,.0f} tokens/s, after {n / after:,.0f} tokens/s ({before / after:.1f}x)")
 
 
+def section_cofire(args: argparse.Namespace) -> None:
+    """``DeviceCoFiring`` per batch: dense matmuls over the active latents vs scatter-added pairs."""
+    from latent_atlas.analyses.sae.device_reducers import DeviceCoFiring
+
+    d, device, batch = args.cofire_latents, torch.device(args.device), args.batch_tokens[0]
+    b = sorted_batches(d, batch, args.k, batch)[0]
+    feats = torch.zeros((batch, d), dtype=torch.float32)
+    feats[torch.from_numpy(b.token), torch.from_numpy(b.latent)] = torch.from_numpy(b.value)
+    feats = feats.to(device)
+    active = int((feats != 0).any(0).sum())
+    print(f"device co-firing, one batch of {batch:,} tokens, {d:,} latents ({active:,} active), L0 "
+          f"{b.value.size / batch:.1f}, on {device}, clock {args.clock}:")
+    for method in ("matmul", "pairs", "auto"):
+        part = DeviceCoFiring(d, device, method=method)
+
+        def run(part: DeviceCoFiring = part) -> None:
+            part.update(feats)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        seconds = timed(run, args.repeats)
+        print(f"  {method:<7} {seconds:7.3f} s = {batch / seconds:>11,.0f} tokens/s")
+        del part
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-sae", type=int, default=16_384)
@@ -208,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-tokens", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu")
+    parser.add_argument("--cofire-latents", type=int, default=4096, help="0: skip the co-firing section")
     parser.add_argument("--device", default="cpu", help="where the device rows run (cuda: use --clock wall)")
     args = parser.parse_args(argv)
     global CLOCK
@@ -219,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     for batch in args.batch_tokens:
         section(args, batch, floor_rate)
         sys.stdout.flush()
+    if args.cofire_latents:
+        section_cofire(args)
 
 
 if __name__ == "__main__":

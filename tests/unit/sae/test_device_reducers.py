@@ -104,11 +104,13 @@ def test_device_histogram_and_stats_equal_numpy(split: list[int]) -> None:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("method", ["matmul", "pairs", "auto"])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("split", SPLITS)
-def test_device_cofire_equals_numpy_and_brute_force(split: list[int], ties: bool) -> None:
+def test_device_cofire_equals_numpy_and_brute_force(split: list[int], ties: bool, method: str) -> None:
     acts = corpus(5, ties)
-    device, reference = DeviceCoFiring(D, block=5), CoFiring(D)  # block 5: several column blocks
+    # block 5: several column blocks; pair_chunk 100: several row chunks of pairs
+    device, reference = DeviceCoFiring(D, block=5, method=method, pair_chunk=100), CoFiring(D)
     for (feats, _), batch in zip(dense_batches(acts, split), batches(acts, split), strict=True):
         device.update(feats)
         reference.update(batch)
@@ -121,6 +123,26 @@ def test_device_cofire_equals_numpy_and_brute_force(split: list[int], ties: bool
     for name in ("edge_jaccard", "edge_coact"):
         np.testing.assert_array_equal(edges[f"{name}_idx"], expected[f"{name}_idx"], err_msg=name)
         np.testing.assert_allclose(edges[f"{name}_val"], expected[f"{name}_val"], rtol=1e-5, err_msg=name)
+
+
+def test_device_cofire_pairs_on_a_wide_sparse_batch_equal_numpy() -> None:
+    d, n = 300, 64  # few firings per token among many latents: "auto" takes the pairs
+    rng = np.random.default_rng(4)
+    acts = (rng.exponential(1.0, (n, d)) * (rng.random((n, d)) < 0.03)).astype(np.float32)
+    acts[5] = 0.0  # a token with no firing
+    auto, pairs, reference = DeviceCoFiring(d), DeviceCoFiring(d, method="pairs"), CoFiring(d)
+    fired = (acts != 0).astype(np.int64)
+    assert DeviceCoFiring.PAIR_COST * (fired.sum(1) * (fired.sum(1) + 1) // 2).sum() < n * fired.any(0).sum() ** 2
+    for start in range(0, n, 16):
+        part = acts[start:start + 16]
+        auto.update(torch.from_numpy(part.copy()))
+        pairs.update(torch.from_numpy(part.copy()))
+        reference.update(SparseBatch.from_dense(part, start))
+    for got in (auto.to_numpy(), pairs.to_numpy()):
+        np.testing.assert_array_equal(got.count, reference.count)
+        np.testing.assert_allclose(got.product, reference.product, rtol=1e-5)
+    with pytest.raises(ValueError, match="method"):
+        DeviceCoFiring(d, method="dense")
 
 
 def bundle(device: str | None, cofire: bool = True) -> HarvestReducers:
