@@ -17,8 +17,8 @@ Invariants (tests/unit/sae/test_device_intervals.py, on CPU torch):
 * Keys are kept *order-mapped*: ``key ^ INT64_MIN`` (the sign bit flipped), so signed
   int64 comparison and sorting of the mapped keys is unsigned order of the uint64 keys;
   the empty slot (uint64 max) maps to ``INT64_MAX``. ``to_numpy`` maps back.
-* Cell, rescale and insert follow ``Intervals`` step by step (float64 ``ldexp`` for the
-  cell, ``frexp`` of the float64 max for the scale, bottom-``per_bin`` by group then key
+* Cell, rescale and insert follow ``Intervals`` step by step (``|v| * 2**-e`` in float64
+  for the cell, exact like numpy's ``ldexp``, ``frexp`` of the float64 max for the scale, bottom-``per_bin`` by group then key
   then token), so after any sequence of batches ``to_numpy()`` equals the numpy
   reducer fed the same batches, array for array. float64 is needed: not on ``mps``.
 """
@@ -113,7 +113,10 @@ class DeviceIntervals:
 
     # -- internals (each mirrors the numpy method of the same name) ----------------------------------
     def _cell(self, value: Tensor, exponent: Tensor) -> Tensor:
-        scaled = torch.ldexp(value.abs().to(torch.float64), -exponent.to(torch.int64)) * self.cells
+        # |v| * 2**-e exactly (= numpy's ldexp): the power of two built from its float64 bits
+        # (float32 exponents are within [-149, 128]), not torch.ldexp, which may go through pow
+        power = ((1023 - exponent.to(torch.int64)) << 52).view(torch.float64)
+        scaled = value.abs().to(torch.float64) * power * self.cells
         return torch.clamp(torch.floor(scaled).to(torch.int64), max=self.cells - 1)
 
     def _place(self, group: Tensor, key: Tensor, token: Tensor, value: Tensor) -> None:

@@ -91,6 +91,19 @@ def test_empty_batches_and_growing_scales() -> None:
     assert_state_equal(device.to_numpy(), host)
 
 
+def test_extreme_magnitudes_subnormal_to_float32_max() -> None:
+    rng = np.random.default_rng(3)
+    acts = np.zeros((60, D), np.float32)
+    magnitudes = np.array([1e-45, 3e-44, 1.2e-38, 1e-30, 1.0, 7e20, 1e38, 3.4e38], np.float32)
+    fire = rng.random((60, D)) < 0.4
+    acts[fire] = rng.choice(magnitudes, fire.sum()) * rng.uniform(0.5, 1.0, fire.sum()).astype(np.float32)
+    acts[:30, :6] = np.float32(1e-45)  # latents whose whole history (first) is subnormal
+    _, early = feed_both(acts[:30], [10, 20], bins=3, per_bin=2)
+    assert (early.exponent[:6] == -148).all()  # the scale of a subnormal max
+    device, host = feed_both(acts, [10, 20, 30], bins=3, per_bin=2)  # checks the state after every batch
+    assert host.exponent.max() == 128  # and of a max near float32's largest
+
+
 def test_entries_in_any_order_and_negative_values() -> None:
     acts = corpus(10) * np.where(np.random.default_rng(1).random((T, D)) < 0.3, -1, 1).astype(np.float32)
     rows, cols = np.nonzero(acts)
