@@ -11,9 +11,9 @@ The notebook (``latent_atlas.notebook``) and the portal's view
   long prompt's axis labels at most ``MAX_TICKS`` of them (``token_ticks``:
   every label is still the hover text), because Plotly lays out and measures
   every tick label it is given;
-* large heatmaps (a head, rollout, layers x tokens, the thumbnail sheet) are
-  drawn with ``zsmooth="fast"``: one pixel per cell, scaled by the browser,
-  instead of one rectangle per cell (a 512 x 512 head: ~0.1 s instead of ~1 s);
+* heatmaps are never smoothed (``zsmooth`` unset: one crisp cell per value;
+  Plotly already draws uniform cells as one pixel each, scaled "pixelated");
+  what made a 512 x 512 head cost ~1 s was its 512 tick labels per axis;
 * attention values travel as uint16 basis points (1 bp = 0.0001, so 10000 =
   probability 1): a 512 x 512 head is 512 KiB as a base64 typed array instead
   of ~2 MB of JSON floats, and hover reads ``... bp``;
@@ -262,7 +262,7 @@ def layer_token_heatmap(values: np.ndarray, tokens: Sequence[str], title: str,
     rows = list(layer_labels) if layer_labels is not None else [f"layer {i}" for i in range(values.shape[0])]
     labels = position_labels(tokens)
     fig = go.Figure(go.Heatmap(
-        z=np.asarray(values, dtype=np.float32), x=labels, y=rows, colorscale="Viridis", zsmooth="fast",
+        z=np.asarray(values, dtype=np.float32), x=labels, y=rows, colorscale="Viridis",
         colorbar={"title": colorbar},
         hovertemplate="%{y}<br>token %{x}<br>" + colorbar + " %{z:.4g}<extra></extra>"))
     fig.update_xaxes(type="category", tickangle=-60, tickvals=token_ticks(labels))
@@ -278,7 +278,7 @@ def attention_figure(pattern: np.ndarray, tokens: Sequence[str], title: str) -> 
     labels = position_labels(tokens)
     z = np.rint(np.clip(np.asarray(pattern, dtype=np.float32), 0, 1) * BP).astype(np.uint16)
     fig = go.Figure(go.Heatmap(
-        z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=BP, zsmooth="fast",
+        z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=BP,
         colorbar={"title": "attention", "tickvals": [0, 2500, 5000, 7500, BP],
                   "ticktext": ["0", "0.25", "0.5", "0.75", "1"]},
         hovertemplate="query %{y}<br>key %{x}<br>attention %{z} bp (1 bp = 0.0001)<extra></extra>"))
