@@ -19,8 +19,9 @@ workers share 2 CPU cores (and ~7 engineers' jobs), and torch in each worker
 uses every core it sees, so two shards compete for the same cores: the ratio
 says how much of the work is per-shard overhead versus the cores, not what
 two GPUs would give. Then a written projection of a 20 M-token SAE harvest on
-8 GPU workers from the measured per-shard overheads and the README's measured
-harvest throughput bound.
+8 GPU workers from the measured per-shard overheads, the merge rate measured
+here, and an assumed per-GPU harvest rate (``--harvest-tokens-per-s``; no GPU
+measured it). ``--projection-only`` prints just that.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ from latent_atlas.settings import DEMO_MODEL_NAME  # noqa: E402
 
 DONE = {"succeeded", "failed", "cancelled"}
 # README Measured (bench/sae.py): host-side intervals + CSC bound a GPU harvest near 20 k tokens/s per worker.
-HARVEST_TOKENS_PER_S = 20_000.0
-CSC_NNZ_PER_S = 5.4e6  # README: the CSC writer, one CPU core
+HARVEST_TOKENS_PER_S = 20_000.0  # assumed per-GPU harvest rate (--harvest-tokens-per-s): no GPU measured it
 L0 = 64
 
 
@@ -82,22 +82,45 @@ def _slots(portal, n: int, timeout: float = 300) -> None:
     raise TimeoutError(f"fewer than {n} live workers\n{portal.logs()}")
 
 
-def projection(overhead_s: float, load_s: float, tokens: int = 20_000_000, workers: int = 8) -> list[str]:
+def measure_merge_rate(parts: int = 8, d_sae: int = 16384, nnz: int = 16_000_000, seed: int = 0) -> float:
+    """Non-zeros per second of ``merge_csc`` (the merger's CSC concatenation) on synthetic parts, measured here."""
+    import numpy as np
+
+    from latent_atlas.analyses.sae.shard import merge_csc
+
+    rng = np.random.default_rng(seed)
+    built = []
+    for index in range(parts):
+        count = rng.multinomial(nnz // parts, np.full(d_sae, 1.0 / d_sae))
+        ptr = np.zeros(d_sae + 1, np.int64)
+        np.cumsum(count, out=ptr[1:])
+        tokens = rng.integers(0, 1 << 20, int(ptr[-1]), dtype=np.int32) + index * (1 << 20)
+        built.append((ptr, tokens, rng.random(int(ptr[-1]), dtype=np.float32)))
+    started = time.perf_counter()
+    merged = merge_csc(built)
+    seconds = time.perf_counter() - started
+    assert int(merged[0][-1]) == sum(int(p[0][-1]) for p in built)
+    return sum(int(p[0][-1]) for p in built) / seconds
+
+
+def projection(overhead_s: float, load_s: float, merge_nnz_per_s: float, tokens: int = 20_000_000,
+               workers: int = 8, harvest_tokens_per_s: float = HARVEST_TOKENS_PER_S) -> list[str]:
     per_shard = tokens / workers
-    harvest_s = per_shard / HARVEST_TOKENS_PER_S
-    whole_s = tokens / HARVEST_TOKENS_PER_S
+    harvest_s = per_shard / harvest_tokens_per_s
+    whole_s = tokens / harvest_tokens_per_s
     nnz = tokens * L0
-    merge_csc_s = nnz / CSC_NNZ_PER_S  # the merger rewrites every shard's CSC once (concatenation per latent)
+    merge_csc_s = nnz / merge_nnz_per_s  # the merger rewrites every shard's CSC once (concatenation per latent)
     sharded_s = load_s + harvest_s + overhead_s + merge_csc_s
     return [
         f"projection: {tokens / 1e6:.0f} M-token SAE harvest on {workers} GPU workers (L0 {L0})",
-        f"  whole on one worker: {whole_s:,.0f} s at {HARVEST_TOKENS_PER_S:,.0f} tokens/s (README bound)",
-        f"  per shard: {per_shard / 1e6:.1f} M tokens = {harvest_s:,.0f} s + model load {load_s:.1f} s (measured)",
-        f"  + dispatch/claim/store overhead {overhead_s:.1f} s (measured here: sharded wall - slowest shard)",
-        f"  + merge: {nnz / 1e9:.2f} G non-zeros of CSC concatenated at {CSC_NNZ_PER_S / 1e6:.1f} M/s = "
-        f"{merge_csc_s:,.0f} s on one core (serial: the merge is one task)",
+        f"  whole on one worker: {whole_s:,.0f} s at an assumed {harvest_tokens_per_s:,.0f} tokens/s a GPU "
+        "(not measured: no GPU; the host work of a GPU harvest is no longer the bound, bench/sae_host.py)",
+        f"  per shard: {per_shard / 1e6:.1f} M tokens = {harvest_s:,.0f} s + model load {load_s:.1f} s",
+        f"  + dispatch/claim/store overhead {overhead_s:.1f} s (the full bench measures it: sharded wall - slowest shard)",
+        f"  + merge: {nnz / 1e9:.2f} G non-zeros of CSC concatenated at {merge_nnz_per_s / 1e6:.1f} M/s "
+        f"(merge_csc measured here on synthetic parts) = {merge_csc_s:,.0f} s (serial: the merge is one task)",
         f"  = ~{sharded_s:,.0f} s, {whole_s / sharded_s:.1f}x the whole run; the serial merge is "
-        f"{100 * merge_csc_s / sharded_s:.0f} % of it, so past ~8 workers the CSC merge (not the GPUs) limits",
+        f"{100 * merge_csc_s / sharded_s:.0f} % of it",
     ]
 
 
@@ -108,7 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--harvest-tokens-per-s", type=float, default=HARVEST_TOKENS_PER_S,
+                        help="assumed harvest rate of one GPU worker for the projection")
+    parser.add_argument("--projection-only", action="store_true",
+                        help="only the 20 M-token projection (measured merge rate; overhead/load given below)")
+    parser.add_argument("--overhead-s", type=float, default=0.5, help="with --projection-only: per-run overhead")
+    parser.add_argument("--load-s", type=float, default=2.0, help="with --projection-only: model load")
     args = parser.parse_args(argv)
+    if args.harvest_tokens_per_s <= 0:
+        parser.error("--harvest-tokens-per-s must be > 0")
+    if args.projection_only:
+        print("\n".join(projection(args.overhead_s, args.load_s, measure_merge_rate(),
+                                   harvest_tokens_per_s=args.harvest_tokens_per_s)))
+        return
 
     portal = demo_portal(args.backend, {"ATLAS_HEARTBEAT_EVERY": "2", "ATLAS_SWEEP_EVERY": "2"},
                          worker_queues=("gpu,cpu,interactive",))
@@ -144,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         "limit here: both workers' torch threads share the same 2 cores (and the VM's other jobs), so two",
         "shards split the cores rather than add compute; the per-shard overhead above is what sharding costs.",
         "",
-        *projection(overhead, warm["timings"].get("load_model_s", 0.0)),
+        *projection(overhead, warm["timings"].get("load_model_s", 0.0), measure_merge_rate(),
+                    harvest_tokens_per_s=args.harvest_tokens_per_s),
     ]
     print("\n".join(lines))
     if args.json:

@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from latent_atlas.analyses.anatomy import AnatomyParams, run_anatomy
-from latent_atlas.analyses.anatomy.forward import DOWN_PROJECTIONS, down_projection, eager_attention, trace
+from latent_atlas.analyses.anatomy.forward import (
+    DOWN_PROJECTIONS,
+    down_projection,
+    eager_attention,
+    trace,
+)
 from latent_atlas.analyses.anatomy.lens import top1
 from latent_atlas.lm import LanguageModel, load_model
 from latent_atlas.lm.adapters import ADAPTERS
