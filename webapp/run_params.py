@@ -27,10 +27,10 @@ from pydantic import ValidationError
 from latent_atlas.analyses import get_kind
 from latent_atlas.lm.fetch import missing_files
 from latent_atlas.settings import get_settings
-from models import Run, session_scope
 from webapp.model_shape import model_shape
 from webapp.reuse import key_params
 from webapp.sae_runs import sae_run_dir
+from workers.inputs import StoredRuns
 
 
 class SubmissionError(ValueError):
@@ -112,12 +112,7 @@ def run_info(run_id: str) -> dict[str, Any] | None:
     In the validation context as ``ctx["run_info"]``: params that name another
     run (a scan's basis run) are checked against it before anything is queued.
     """
-    with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            return None
-        return {"kind": run.kind, "status": run.status, "model": run.model,
-                "summary": dict(run.summary or {})}
+    return StoredRuns().info(run_id)
 
 
 def validate_params(kind_name: str, raw: Any) -> Any:
