@@ -100,3 +100,35 @@ def test_merge_csc_keeps_tokens_ascending_per_latent() -> None:
     np.testing.assert_array_equal(ptr, want[0])
     np.testing.assert_array_equal(tok, want[1])
     np.testing.assert_array_equal(val, want[2])
+
+
+def _merge_reference(parts):
+    """Brute force: per latent, each part's slice in part order."""
+    d = parts[0][0].size - 1
+    toks, vals, ptr = [], [], [0]
+    for lat in range(d):
+        for part_ptr, part_tokens, part_values in parts:
+            toks.append(part_tokens[part_ptr[lat]:part_ptr[lat + 1]])
+            vals.append(part_values[part_ptr[lat]:part_ptr[lat + 1]])
+        ptr.append(ptr[-1] + sum(int(p[0][lat + 1] - p[0][lat]) for p in parts))
+    return np.array(ptr, np.int64), np.concatenate(toks), np.concatenate(vals)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merge_csc_equals_per_latent_concatenation(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(1, 300))
+    parts = []
+    for index in range(int(rng.integers(1, 6))):
+        count = rng.integers(0, 4, d) * (rng.random(d) < 0.7)  # many empty latents; some parts empty
+        if rng.random() < 0.2:
+            count[:] = 0
+        ptr = np.zeros(d + 1, np.int64)
+        np.cumsum(count, out=ptr[1:])
+        n = int(ptr[-1])
+        parts.append((ptr, (rng.integers(0, 1000, n) + 1000 * index).astype(np.int32),
+                       rng.standard_normal(n).astype(np.float32)))
+    got = merge_csc(parts)
+    want = _merge_reference(parts)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
