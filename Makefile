@@ -28,8 +28,9 @@ system-deps:
 	  else echo "install chromium and chromium-driver (apt-get install chromium chromium-driver)"; exit 1; fi; \
 	fi
 
+# system-deps guarantees the browser, so a browser test must not skip here (tests/harness.require_chromium).
 test: install system-deps
-	$(PY) -m pytest -q -ra
+	ATLAS_REQUIRE_BROWSER=1 $(PY) -m pytest -q -ra
 
 test-fast: install
 	$(PY) -m pytest -q -m "not integration and not e2e and not demo_model"

@@ -31,6 +31,25 @@ from typing import Any
 import requests
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def require_chromium() -> None:
+    """Skip without Debian's chromium + chromium-driver, or fail when ``ATLAS_REQUIRE_BROWSER`` is set.
+
+    ``make test`` installs them first (``system-deps``) and sets ``ATLAS_REQUIRE_BROWSER=1``,
+    so there (and in CI) a browser test never skips silently; ``make test-fast`` or a bare
+    ``pytest`` on a machine without them skips.
+    """
+    import pytest
+
+    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
+        return
+    message = "needs Debian's chromium and chromium-driver (make system-deps)"
+    if os.environ.get("ATLAS_REQUIRE_BROWSER"):
+        pytest.fail(f"{message}; ATLAS_REQUIRE_BROWSER is set")
+    pytest.skip(message)
 REDIS_HOST = "127.0.0.1"
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+from harness import CHROMEDRIVER, CHROMIUM, require_chromium
+
 CHROME_ARGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-dev-shm-usage", "--window-size=1400,1000",
@@ -105,8 +105,7 @@ def live_portal(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -
 
 @pytest.fixture
 def browser():
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("needs Debian's chromium and chromium-driver (make system-deps)")
+    require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

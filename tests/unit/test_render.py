@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import pytest
 
 from atlas_cli import main as cli
+from harness import require_chromium
 from webapp.render import PngUnavailable, write_bundle
 from webapp.views.geometry import export as geometry_export
 from webapp.views.geometry import page as geometry_page
@@ -47,8 +48,7 @@ def test_bad_slugs_are_refused(tmp_path: Path):
 
 
 def test_png_per_view_with_chromium(tmp_path: Path):
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("PNG export needs Chromium")
+    require_chromium()
     views, _, _ = _views()
     small = [v for v in views if v[0] in ("layer-norms", "attention-vs-mlp")]
     files = write_bundle(small, tmp_path, title="t", png=True)
