@@ -133,6 +133,36 @@ def make_backend(name: str, data_dir: Path) -> Backend:
     return backend
 
 
+@contextmanager
+def migrated_database(name: str, data_dir: Path, monkeypatch: Any, env: dict[str, str] | None = None,
+                      broker: bool = False) -> Iterator[Backend]:
+    """A migrated database of backend ``name`` that this process's settings point at, for in-process tests.
+
+    Sets ``ATLAS_DATA_DIR``, ``ATLAS_DATABASE_URL`` (and ``ATLAS_BROKER_URL`` when ``broker``) plus
+    ``env`` through ``monkeypatch``; afterwards disposes the engine, clears the settings and session
+    caches and removes the backend, however the block ends.
+    """
+    from latent_atlas.settings import get_settings
+    from migrations.runner import upgrade
+    from models.session import get_engine, get_sessionmaker
+
+    backend = make_backend(name, data_dir)
+    variables = {"ATLAS_DATA_DIR": str(data_dir), "ATLAS_DATABASE_URL": backend.database_url,
+                 **({"ATLAS_BROKER_URL": backend.broker_url} if broker else {}), **(env or {})}
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        upgrade(backend.database_url)
+        yield backend
+    finally:
+        get_engine(backend.database_url).dispose()
+        get_sessionmaker.cache_clear()
+        get_engine.cache_clear()
+        get_settings.cache_clear()
+        backend.cleanup()
+
+
 class Portal:
     def __init__(
         self,

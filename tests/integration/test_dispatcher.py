@@ -14,13 +14,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from harness import make_backend
-from latent_atlas.settings import get_settings
-from migrations.runner import upgrade
+from harness import migrated_database
 from models import Run, RunStatus, User, WorkerSlot, session_scope
 from models.base import utcnow
 from models.run import RunAttempt
-from models.session import get_engine, get_sessionmaker
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +26,14 @@ pytestmark = pytest.mark.integration
 def database(request, tmp_path, monkeypatch):
     from workers import celery_app, dispatch
 
-    backend = make_backend(request.param, tmp_path)
-    monkeypatch.setenv("ATLAS_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("ATLAS_DATABASE_URL", backend.database_url)
-    monkeypatch.setenv("ATLAS_BROKER_URL", backend.broker_url)
-    get_settings.cache_clear()
-    upgrade(backend.database_url)
-    monkeypatch.setattr(dispatch, "app", celery_app.make_celery())  # sends to this backend's broker
-    with session_scope() as session:
-        session.add_all([User(username="alice", password_hash="x"), User(username="bob", password_hash="x")])
-    yield backend
-    dispatch.app.close()
-    get_engine(backend.database_url).dispose()
-    get_sessionmaker.cache_clear()
-    get_engine.cache_clear()
-    get_settings.cache_clear()
-    backend.cleanup()
+    with migrated_database(request.param, tmp_path, monkeypatch, broker=True) as backend:
+        monkeypatch.setattr(dispatch, "app", celery_app.make_celery())  # sends to this backend's broker
+        with session_scope() as session:
+            session.add_all([User(username="alice", password_hash="x"), User(username="bob", password_hash="x")])
+        try:
+            yield backend
+        finally:
+            dispatch.app.close()
 
 
 def _queue(owner: str, n: int) -> list[str]:

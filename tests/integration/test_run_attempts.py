@@ -12,13 +12,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from harness import make_backend
-from latent_atlas.settings import get_settings
-from migrations.runner import upgrade
+from harness import migrated_database
 from models import Run, RunStatus, User, session_scope
 from models.base import utcnow
 from models.run import RunAttempt
-from models.session import get_engine, get_sessionmaker
 from workers import lifecycle
 
 pytestmark = pytest.mark.integration
@@ -26,21 +23,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request, tmp_path, monkeypatch):
-    backend = make_backend(request.param, tmp_path)
-    monkeypatch.setenv("ATLAS_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("ATLAS_DATABASE_URL", backend.database_url)
-    monkeypatch.setenv("ATLAS_STALE_AFTER", "60")
-    monkeypatch.setenv("ATLAS_MAX_ATTEMPTS", "2")
-    get_settings.cache_clear()
-    upgrade(backend.database_url)
-    with session_scope() as session:
-        session.add(User(username="alice", password_hash="x", is_admin=False, is_active=True))
-    yield backend
-    get_engine(backend.database_url).dispose()
-    get_sessionmaker.cache_clear()
-    get_engine.cache_clear()
-    get_settings.cache_clear()
-    backend.cleanup()
+    env = {"ATLAS_STALE_AFTER": "60", "ATLAS_MAX_ATTEMPTS": "2"}
+    with migrated_database(request.param, tmp_path, monkeypatch, env) as backend:
+        with session_scope() as session:
+            session.add(User(username="alice", password_hash="x", is_admin=False, is_active=True))
+        yield backend
 
 
 def _queued_run(**values) -> str:

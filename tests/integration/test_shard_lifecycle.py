@@ -15,13 +15,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from harness import make_backend
+from harness import migrated_database
 from latent_atlas.analyses import Cancelled
 from latent_atlas.settings import DEMO_MODEL_NAME, Settings, get_settings
-from migrations.runner import upgrade
 from models import Run, RunShard, RunStatus, User, WorkerSlot, session_scope
 from models.base import utcnow
-from models.session import get_engine, get_sessionmaker
 
 pytestmark = pytest.mark.integration
 
@@ -33,29 +31,21 @@ GRID = {"model": DEMO_MODEL_NAME, "layer": 1, "size": 512, "spacing": 0.02, "pla
 def database(request, tmp_path, monkeypatch):
     from workers import celery_app, dispatch
 
-    backend = make_backend(request.param, tmp_path)
-    monkeypatch.setenv("ATLAS_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("ATLAS_DATABASE_URL", backend.database_url)
-    monkeypatch.setenv("ATLAS_BROKER_URL", backend.broker_url)
-    get_settings.cache_clear()
-    upgrade(backend.database_url)
-    app = celery_app.make_celery()
-    monkeypatch.setattr(dispatch, "app", app)
-    monkeypatch.setattr(celery_app, "app", app)  # send_shards sends to this backend's broker
-    now = utcnow()
-    with session_scope() as session:
-        session.add(User(username="alice", password_hash="x"))
-        session.add(WorkerSlot(name="w1@host", queues=["gpu"], concurrency=1, hostname="host", started_at=now,
-                               heartbeat_at=now))
-        session.add(WorkerSlot(name="w2@host", queues=["gpu"], concurrency=1, hostname="host", started_at=now,
-                               heartbeat_at=now))
-    yield backend
-    app.close()
-    get_engine(backend.database_url).dispose()
-    get_sessionmaker.cache_clear()
-    get_engine.cache_clear()
-    get_settings.cache_clear()
-    backend.cleanup()
+    with migrated_database(request.param, tmp_path, monkeypatch, broker=True) as backend:
+        app = celery_app.make_celery()
+        monkeypatch.setattr(dispatch, "app", app)
+        monkeypatch.setattr(celery_app, "app", app)  # send_shards sends to this backend's broker
+        now = utcnow()
+        with session_scope() as session:
+            session.add(User(username="alice", password_hash="x"))
+            session.add(WorkerSlot(name="w1@host", queues=["gpu"], concurrency=1, hostname="host",
+                                   started_at=now, heartbeat_at=now))
+            session.add(WorkerSlot(name="w2@host", queues=["gpu"], concurrency=1, hostname="host",
+                                   started_at=now, heartbeat_at=now))
+        try:
+            yield backend
+        finally:
+            app.close()
 
 
 def _queue(params: dict, kind: str = "grid", offset_ms: int = 0) -> str:
