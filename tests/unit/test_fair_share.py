@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session
 
+from harness import migrated_database
 from workers.estimates import EstimateTable, run_size, size_bucket
 from workers.fair_share import (
     MIN_REMAINING_S,
@@ -151,18 +152,11 @@ def test_estimates_take_the_median_of_the_same_kind_and_size():
 
 @pytest.fixture
 def db(tmp_path, monkeypatch):
-    from latent_atlas.settings import get_settings
-    from migrations.runner import upgrade
     from models.session import get_engine
 
-    url = f"sqlite:///{tmp_path / 'plan.sqlite'}"
-    monkeypatch.setenv("ATLAS_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("ATLAS_DATABASE_URL", url)
-    get_settings.cache_clear()
-    upgrade(url)
-    with Session(get_engine(url)) as session:
-        yield session
-    get_settings.cache_clear()
+    with migrated_database("sqlite", tmp_path, monkeypatch) as backend:
+        with Session(get_engine(backend.database_url)) as session:
+            yield session
 
 
 def _seed(session: Session, now: datetime):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from atlas_cli import processes
+from harness import migrated_database
 
 # Writes its start time, registers after DELAY seconds (unless DELAY < 0: never), then lives on.
 FAKE_WORKER = """
@@ -33,21 +34,15 @@ time.sleep(120)
 
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
-    from latent_atlas.settings import get_settings
-    from migrations.runner import upgrade
-
-    url = f"sqlite:///{tmp_path / 'atlas.sqlite'}"
-    monkeypatch.setenv("ATLAS_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("ATLAS_DATABASE_URL", url)
-    get_settings.cache_clear()
-    upgrade(url)
     started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-    get_settings.cache_clear()
+    with migrated_database("sqlite", tmp_path, monkeypatch):
+        try:
+            yield started
+        finally:
+            for process in started:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=30)
 
 
 def _worker(delay: float, stamp: Path) -> tuple[list[str], dict[str, str]]:
