@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import String, cast, select
 
-from models import Run, User, session_scope
+from models import Run, RunShard, User, session_scope
 from models.run import RunAttempt, RunStar
 from webapp.run_health import heartbeat_state
 from webapp.run_queue import add_queue_fields, queue_fields
@@ -109,7 +109,6 @@ def attempt_record(attempt: RunAttempt) -> dict[str, Any]:
 
 def shard_records(run_id: str) -> list[dict[str, Any]]:
     """A sharded run's shards (index, status, worker, device, attempts, progress, times); [] for a whole run."""
-    from models import RunShard
 
     with session_scope() as session:
         rows = session.execute(select(RunShard).where(RunShard.run_id == run_id).order_by(RunShard.idx)).scalars()
