@@ -93,5 +93,14 @@ def create_app() -> Dash:
 
 
 def wsgi() -> Flask:
-    """The WSGI callable for gunicorn: ``gunicorn 'webapp.app:wsgi()'``."""
-    return create_app().server
+    """The WSGI callable for gunicorn: ``gunicorn 'webapp.app:wsgi()'``.
+
+    Only here, in a web worker, Plotly's one-time costs are paid in a background thread
+    (``first_view.start_warm_up``), so a worker's first anatomy page does not; a CLI render,
+    a script or a test that imports the views never starts it.
+    """
+    from webapp.views.anatomy.first_view import start_warm_up
+
+    server = create_app().server
+    start_warm_up()
+    return server

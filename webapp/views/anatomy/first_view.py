@@ -10,7 +10,8 @@ Invariants:
 * ``warm_up`` builds one tiny figure of each kind, so a web worker's first
   anatomy page does not pay Plotly's one-time costs (lazy validator imports,
   the template: ~1.4 s on a loaded machine); ``start_warm_up`` runs it once in
-  a daemon thread, so the worker answers ``/healthz`` without waiting for it.
+  a daemon thread (started by ``webapp.app.wsgi``, i.e. only in a web worker), so the
+  worker answers ``/healthz`` without waiting for it.
 """
 
 from __future__ import annotations

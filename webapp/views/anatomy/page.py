@@ -51,11 +51,10 @@ from webapp.views.anatomy.data import (
     rollout_layer,
 )
 from webapp.views.anatomy.export import html_bundle_zip
-from webapp.views.anatomy.first_view import first_figures, head_figure, start_warm_up
+from webapp.views.anatomy.first_view import first_figures, head_figure
 
 LENS_WINDOW = 32
 GRAPH_CONFIG = {"displaylogo": False}
-start_warm_up()  # a web worker's first anatomy page should not pay Plotly's one-time costs
 
 
 def _graph(ident: str, figure: Any = None, **kwargs: Any) -> dcc.Graph:
