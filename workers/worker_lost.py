@@ -52,8 +52,9 @@ class AtlasRequest(Request):
         if reason is not None and self.args:
             try:
                 from workers import lifecycle
+                from workers.celery_app import SHARD_TASK
 
-                if len(self.args) == 2:  # a shard (run id, index): only that shard is retried
+                if self.task_name == SHARD_TASK:  # a shard (run id, index): only that shard is retried
                     from workers import shards
 
                     status = shards.mark_lost(str(self.args[0]), int(self.args[1]), self.hostname,
